@@ -1,0 +1,55 @@
+"""Mask encodings for responses: 8-bit PNG (0/255) and COCO compressed RLE (pycocotools)."""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Optional
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+
+def encode_png(mask: np.ndarray) -> str:
+    """Boolean (H, W) mask -> base64 of an 8-bit greyscale PNG, 255 inside, 0 outside, W x H pixels."""
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255, mode="L").save(buf, format="PNG", optimize=False)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def decode_png(data: str) -> np.ndarray:
+    """Inverse of ``encode_png`` (also reads any greyscale/RGB PNG: non-zero is inside)."""
+    img = Image.open(io.BytesIO(base64.b64decode(data)))
+    return np.asarray(img.convert("L")) > 127
+
+
+def encode_rle(mask: np.ndarray) -> dict:
+    """Boolean (H, W) mask -> ``{"size": [H, W], "counts": str}`` (COCO compressed RLE, column-major)."""
+    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+
+
+def decode_rle(rle: dict) -> np.ndarray:
+    counts = rle["counts"]
+    return mask_utils.decode({"size": rle["size"], "counts": counts.encode() if isinstance(counts, str) else counts}) > 0
+
+
+def encode_mask(mask: np.ndarray, fmt: str) -> dict:
+    """``{"png": ...}`` or ``{"rle": ...}`` for ``fmt`` in ``png`` | ``rle``."""
+    if fmt == "rle":
+        return {"rle": encode_rle(mask)}
+    return {"png": encode_png(mask)}
+
+
+def mask_box(mask: np.ndarray) -> Optional[tuple[float, float, float, float]]:
+    """Normalized bounds (xmin, ymin, xmax, ymax) of the True pixels, as fractions of W and H; None if empty.
+
+    ``xmax``/``ymax`` are the far edges of the last pixels ((col + 1) / W), so a full mask is (0, 0, 1, 1).
+    """
+    h, w = mask.shape
+    cols = np.flatnonzero(mask.any(axis=0))
+    if cols.size == 0:
+        return None
+    rows = np.flatnonzero(mask.any(axis=1))
+    return (cols[0] / w, rows[0] / h, (cols[-1] + 1) / w, (rows[-1] + 1) / h)

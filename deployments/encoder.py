@@ -1,0 +1,57 @@
+"""ImageEncoder: the heavy image backbone, batching concurrent requests into one forward pass."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+from ray import serve
+
+from common.types import EmbeddingRef
+from deployments.common import load_for_replica
+from models.image import ImageModel
+
+
+@dataclass(frozen=True)
+class EncodeRequest:
+    """One image to encode: RGB uint8 (H, W, 3) and its content hash."""
+
+    image_id: str
+    rgb: np.ndarray
+
+
+class ImageEncoder:
+    """Encodes images and puts each embedding in the object store, returning only an ``EmbeddingRef``.
+
+    The embedding is owned by this replica: it stays in the object store while anyone (the embedding cache, a
+    decoder call) holds the reference, and it travels to decoders by reference, never by value.
+    """
+
+    def __init__(self, model: str, checkpoint: str | None = None, device: str = "auto", dtype: str = "float32",
+                 max_batch_size: int = 4, batch_wait_timeout_s: float = 0.02, torch_threads: int | None = None):
+        self.model = ImageModel(load_for_replica(model, checkpoint, device, dtype, torch_threads))
+        self.encode.set_max_batch_size(max_batch_size)
+        self.encode.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.images_encoded = 0
+        self.batches = 0
+
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.02)
+    async def encode(self, requests: list[EncodeRequest]) -> list[EmbeddingRef]:
+        """Encode a batch (Serve gathers concurrent single-image calls into ``requests``)."""
+        embeddings = await asyncio.to_thread(
+            self.model.encode, [r.rgb for r in requests], [r.image_id for r in requests])
+        self.images_encoded += len(requests)
+        self.batches += 1
+        return [EmbeddingRef(e.image_id, e.orig_hw, e.nbytes, ray.put(e)) for e in embeddings]
+
+    def info(self) -> dict:
+        """What ``GET /v1/models`` reports: model name, checkpoint sha256, device, dtype, input size."""
+        loaded = self.model.loaded
+        return {"name": loaded.spec.name, "checkpoint_sha256": loaded.sha256, "device": str(loaded.device),
+                "dtype": loaded.dtype, "image_size": self.model.image_size}
+
+    def stats(self) -> dict:
+        """Counters for tests and monitoring: images encoded and forward passes run by this replica."""
+        return {"images_encoded": self.images_encoded, "batches": self.batches}

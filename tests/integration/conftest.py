@@ -1,0 +1,80 @@
+"""One Ray cluster and one Serve application for the whole test session, on 127.0.0.1.
+
+Starting Ray and Serve costs ~10-15 s and each replica loads a model, so every integration test shares them.
+The application is the real one (``deployments.app:build_app``) with a test-written tiny checkpoint on CPU.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import requests
+
+APP_NAME = "sam2"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def app_args(checkpoint) -> dict:
+    """build_app args of the shared test application (extend here when a deployment needs test settings)."""
+    return {"model": "sam2.1-hiera-tiny", "checkpoint": str(checkpoint), "device": "cpu",
+            "cache_bytes": 256 << 20}
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+
+    # 4 logical CPUs on a 2-core machine: replicas take fractional shares; torch threads are set separately.
+    ray.init(num_cpus=4, include_dashboard=False, namespace="sam2-serve-tests",
+             runtime_env={"env_vars": {"RAY_SERVE_LOG_TO_STDERR": "0"}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def serve_app(ray_cluster, tiny_checkpoint):
+    """(base_url, app handle) of the shared application."""
+    from ray import serve
+
+    from deployments.app import build_app
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    handle = serve.run(build_app(app_args(tiny_checkpoint)), name=APP_NAME, route_prefix="/")
+    yield f"http://127.0.0.1:{port}", handle
+    serve.shutdown()
+
+
+@pytest.fixture(scope="session")
+def base_url(serve_app) -> str:
+    return serve_app[0]
+
+
+@pytest.fixture(scope="session")
+def handle(serve_app):
+    return serve_app[1]
+
+
+@pytest.fixture
+def http() -> requests.Session:
+    with requests.Session() as s:
+        yield s
+
+
+@pytest.fixture
+def deployment_handle(serve_app):
+    """Handle to one deployment of the shared app, e.g. ``deployment_handle("ImageEncoder")``."""
+    from ray import serve
+
+    return lambda name: serve.get_deployment_handle(name, app_name=APP_NAME)
+
+
+def assert_healthy(base_url: str) -> None:
+    r = requests.get(f"{base_url}/healthz", timeout=30)
+    assert r.status_code == 200, r.text
