@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# One-time set-up: a virtual environment in .venv with torch, sam2 and this project (with test tools).
+#
+# Order matters: sam2 is a source package whose build imports torch, so torch goes in first and sam2 is built
+# without build isolation (otherwise pip fetches a second multi-GB torch into a throwaway build environment).
+# Override the torch build with TORCH_SPEC, e.g. TORCH_SPEC="torch==2.14.1 torchvision==0.29.1 --index-url ...".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
+
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+PIP=".venv/bin/python -m pip"
+$PIP install --quiet --upgrade pip wheel "setuptools>=68"
+# shellcheck disable=SC2086
+$PIP install --quiet $TORCH_SPEC
+# sam2's optional CUDA extension only speeds up hole filling; skip compiling it for a quick, portable install.
+SAM2_BUILD_CUDA=0 $PIP install --quiet --no-build-isolation "sam2==1.1.0"
+$PIP install --quiet --no-build-isolation -e ".[test]"
+echo "set-up done: .venv is ready"
