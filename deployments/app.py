@@ -32,6 +32,8 @@ class Placement(BaseModel):
     num_cpus: float = Field(0.25, ge=0)
     num_gpus: float = Field(0.0, ge=0)
     torch_threads: Optional[int] = Field(None, gt=0, description="CPU threads for torch; default all cores.")
+    num_replicas: Optional[int] = Field(
+        None, gt=0, description="Fixed replica count; default: Serve's, or the config's autoscaling_config.")
 
 
 class EncoderPlacement(Placement):
@@ -70,8 +72,12 @@ def uses_gpu(device: str) -> bool:
     return torch.cuda.is_available()
 
 
-def _actor_options(p: Placement, gpu: bool) -> dict:
-    return {"num_cpus": p.num_cpus, "num_gpus": p.num_gpus if gpu else 0}
+def _options(p: Placement, gpu: bool) -> dict:
+    """serve.deployment options of one placement: Ray resources, and a replica count when fixed."""
+    options = {"ray_actor_options": {"num_cpus": p.num_cpus, "num_gpus": p.num_gpus if gpu else 0}}
+    if p.num_replicas is not None:
+        options["num_replicas"] = p.num_replicas
+    return options
 
 
 def build_app(args: dict | AppArgs | None = None) -> Application:
@@ -80,16 +86,13 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
     gpu = uses_gpu(a.device)
     model_kwargs = {"model": a.model, "checkpoint": a.checkpoint, "device": a.device, "dtype": a.dtype}
 
-    encoder = serve.deployment(ImageEncoder, name="ImageEncoder",
-                               ray_actor_options=_actor_options(a.encoder, gpu)).bind(
+    encoder = serve.deployment(ImageEncoder, name="ImageEncoder", **_options(a.encoder, gpu)).bind(
         **model_kwargs, max_batch_size=a.encoder.max_batch_size,
         batch_wait_timeout_s=a.encoder.batch_wait_timeout_s, torch_threads=a.encoder.torch_threads)
-    decoder = serve.deployment(MaskDecoder, name="MaskDecoder",
-                               ray_actor_options=_actor_options(a.decoder, gpu)).bind(
+    decoder = serve.deployment(MaskDecoder, name="MaskDecoder", **_options(a.decoder, gpu)).bind(
         **model_kwargs, torch_threads=a.decoder.torch_threads)
     cache = serve.deployment(EmbeddingCache, name="EmbeddingCache", num_replicas=1,
                              ray_actor_options={"num_cpus": 0}).bind(max_bytes=a.cache_bytes)
-    ingress = serve.deployment(HTTPIngress, name="SAM2Ingress",
-                               ray_actor_options={"num_cpus": a.ingress.num_cpus}).bind(
+    ingress = serve.deployment(HTTPIngress, name="SAM2Ingress", **_options(a.ingress, False)).bind(
         encoder=encoder, decoder=decoder, cache=cache, limits=a.limits.model_dump())
     return ingress

@@ -223,6 +223,8 @@ class SAM2Ingress:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidRequest(f"the body is not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise InvalidRequest(f"the body must be a JSON object with the fields of {model.__name__}")
         return _validate(model, data), None
 
     @staticmethod

@@ -23,7 +23,10 @@ def free_port() -> int:
 def app_args(checkpoint) -> dict:
     """build_app args of the shared test application (extend here when a deployment needs test settings)."""
     return {"model": "sam2.1-hiera-tiny", "checkpoint": str(checkpoint), "device": "cpu",
-            "cache_bytes": 256 << 20}
+            "cache_bytes": 256 << 20,
+            "limits": {"max_body_bytes": 16 << 20, "max_image_pixels": 5_000_000, "max_points": 16},
+            # Two ingress replicas: a cached embedding must serve a click whichever replica takes it.
+            "ingress": {"num_cpus": 0.1, "num_replicas": 2}}
 
 
 @pytest.fixture(scope="session")

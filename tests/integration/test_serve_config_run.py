@@ -1,0 +1,78 @@
+"""README's run command, for real: `serve run serve_config.yaml` with the default model from the local cache.
+
+The test writes a sam2.1-hiera-base-plus checkpoint (random, seeded) where the loader's cache expects it, runs the
+Serve CLI on serve_config.yaml (only the HTTP port changed, to a free one) in its own Ray instance, and calls it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from tests.checkpoints import write_checkpoint
+from tests.integration.conftest import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serve_run")
+    ckpt = write_checkpoint(tmp / "checkpoints" / "sam2.1_hiera_base_plus.pt", "sam2.1-hiera-base-plus", seed=1)
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    port = free_port()
+    config["http_options"].update(host="127.0.0.1", port=port)
+    config_path = tmp / "serve_config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "SAM2_SERVE_CHECKPOINT_DIR": str(ckpt.parent), "HF_HUB_OFFLINE": "1"}
+    env.pop("RAY_ADDRESS", None)
+    serve_bin = Path(sys.executable).with_name("serve")
+    log = open(tmp / "serve.log", "w")
+    proc = subprocess.Popen([str(serve_bin), "run", str(config_path)], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            assert proc.poll() is None, (tmp / "serve.log").read_text()[-3000:]
+            try:
+                if requests.get(f"{base}/healthz", timeout=5).status_code == 200:
+                    break
+            except (requests.ConnectionError, requests.Timeout):
+                pass
+            time.sleep(2)
+        else:
+            pytest.fail("serve run did not come up:\n" + (tmp / "serve.log").read_text()[-3000:])
+        yield base, ckpt
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def test_serve_run_serve_config_yaml(served, groceries_path):
+    base, ckpt = served
+    [info] = requests.get(f"{base}/v1/models", timeout=60).json()
+    assert info["name"] == "sam2.1-hiera-base-plus"
+    assert info["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    body = {"image": {"base64": base64.b64encode(groceries_path.read_bytes()).decode()},
+            "regions": [{"point": [0.5, 0.5]}]}
+    r = requests.post(f"{base}/v1/predict", json=body, timeout=300)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert (out["width"], out["height"]) == (800, 534) and len(out["regions"]) == 1
