@@ -3,23 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-
-import numpy as np
 import ray
 from ray import serve
 
-from common.types import EmbeddingRef
+from common.types import EmbeddingRef, EncodeRequest
 from deployments.common import load_for_replica
 from models.image import ImageModel
-
-
-@dataclass(frozen=True)
-class EncodeRequest:
-    """One image to encode: RGB uint8 (H, W, 3) and its content hash."""
-
-    image_id: str
-    rgb: np.ndarray
 
 
 class ImageEncoder:

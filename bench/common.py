@@ -1,0 +1,66 @@
+"""Shared pieces of the benchmarks: checkpoints, replica memory, timing and table printing."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("SAM2_SERVE_TEST_DATA", ROOT.parent / "shared" / "data"))
+
+
+def bench_checkpoint(model: str, seed: int = 0) -> Path:
+    """A seeded random checkpoint of ``model`` under /tmp (real weights cannot be downloaded here)."""
+    from models.registry import get_spec
+    from tests.checkpoints import write_checkpoint
+
+    path = Path(os.environ.get("SAM2_SERVE_BENCH_DIR", "/tmp/sam2-serve-bench")) / get_spec(model).hf_file
+    return path if path.is_file() else write_checkpoint(path, model, seed=seed)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, no GPU"
+
+
+def replica_rss_mib() -> dict[str, float]:
+    """Resident memory of every Serve replica process on this machine, by deployment name."""
+    out: dict[str, float] = {}
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(proc.info.get("cmdline") or [])
+        if "ServeReplica:" in cmd:
+            name = cmd.split("ServeReplica:", 1)[1].split()[0]
+            try:
+                out[name] = out.get(name, 0.0) + proc.memory_info().rss / 2**20
+            except psutil.Error:
+                pass
+    return out
+
+
+def timed(fn, *args, **kwargs) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return time.perf_counter() - t0, out
+
+
+def p50(xs) -> float:
+    return statistics.median(xs)
+
+
+def table(rows: list[tuple], header: tuple) -> str:
+    cols = list(zip(header, *rows))
+    widths = [max(len(str(c)) for c in col) for col in cols]
+    fmt = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"
+    return "\n".join([fmt(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(fmt, rows)])
