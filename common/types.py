@@ -87,6 +87,14 @@ class PredictResult:
 
 
 @dataclass(frozen=True)
+class EncodeRequest:
+    """One image for the encoder: RGB uint8 (H, W, 3) and its content hash (``common.images.image_id``)."""
+
+    image_id: str
+    rgb: np.ndarray
+
+
+@dataclass(frozen=True)
 class EmbeddingRef:
     """A cached image embedding in Ray's object store: metadata plus the reference, never the arrays.
 
