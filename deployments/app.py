@@ -8,8 +8,6 @@ GPU shares are applied only when the model runs on CUDA: ``device=cuda``, or ``d
 that has GPUs. On a CPU-only machine the same config runs with fractional CPU shares instead.
 """
 
-from __future__ import annotations
-
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -80,8 +78,12 @@ def _options(p: Placement, gpu: bool) -> dict:
     return options
 
 
-def build_app(args: dict | AppArgs | None = None) -> Application:
-    """Bind encoder, decoder and cache under the ingress. Application name ``sam2``, route prefix ``/``."""
+def build_app(args: AppArgs) -> Application:
+    """Bind encoder, decoder and cache under the ingress. Application name ``sam2``, route prefix ``/``.
+
+    Serve validates CLI ``key=value`` pairs and config ``args:`` into ``AppArgs`` (this annotation is what tells
+    it to); Python callers may pass a plain dict.
+    """
     a = args if isinstance(args, AppArgs) else AppArgs.model_validate(args or {})
     gpu = uses_gpu(a.device)
     model_kwargs = {"model": a.model, "checkpoint": a.checkpoint, "device": a.device, "dtype": a.dtype}

@@ -1,0 +1,30 @@
+# The image of every pod of the RayService in k8s/ (head and GPU workers: the head builds the application graph).
+#   docker build -t <registry>/sam2-serve:0.1.0 .       # then set that name in k8s/overlays/*/kustomization.yaml
+# The base image brings Ray (the version pyproject.toml pins), Python 3.11 and CUDA 12 user-space libraries.
+FROM rayproject/ray:2.60.0-py311-gpu
+
+# torch first, a CUDA build (pick the wheel index that matches your GPU nodes' driver); then sam2 without build
+# isolation, so that its setup.py (which imports torch) uses this torch instead of fetching another one.
+# SAM2_BUILD_CUDA=0 skips sam2's optional CUDA extension, which needs nvcc; without it sam2 skips filling small
+# holes in video masks (with a warning), exactly as on the CPU machines the tests run on.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+ARG TORCH_VERSION=2.14.1
+ARG TORCHVISION_VERSION=0.29.1
+RUN pip install --no-cache-dir --index-url ${TORCH_INDEX_URL} torch==${TORCH_VERSION} torchvision==${TORCHVISION_VERSION}
+RUN SAM2_BUILD_CUDA=0 pip install --no-cache-dir --no-build-isolation sam2==1.1.0
+
+WORKDIR /home/ray/sam2-serve
+COPY --chown=ray:users pyproject.toml README.md ./
+COPY --chown=ray:users common ./common
+COPY --chown=ray:users models ./models
+COPY --chown=ray:users deployments ./deployments
+RUN pip install --no-cache-dir .
+
+# The checkpoint is baked in: pods start without a download and without a shared volume (see README, "Deploy on
+# Kubernetes"). models.loader looks in SAM2_SERVE_CHECKPOINT_DIR first; the build fetches the file from the
+# Hugging Face Hub into it. Bake another size with --build-arg SAM2_MODEL=sam2.1-hiera-large (and name it in
+# serve_config.yaml).
+ENV SAM2_SERVE_CHECKPOINT_DIR=/home/ray/checkpoints
+ARG SAM2_MODEL=sam2.1-hiera-base-plus
+RUN python -c "from models.loader import resolve_checkpoint; from models.registry import get_spec; \
+print(resolve_checkpoint(get_spec('${SAM2_MODEL}')))"
