@@ -25,6 +25,15 @@ class ServiceError(Exception):
     def to_dict(self) -> dict:
         return {"error": {"code": self.code, "message": self.message}}
 
+    #: Seconds after which a retry may succeed (sent as ``Retry-After``); None: retrying will not help.
+    retry_after_s: float | None = None
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers that go with this error (``Retry-After`` for retryable ones)."""
+        if self.retry_after_s is None:
+            return {}
+        return {"Retry-After": str(max(0, int(-(-self.retry_after_s // 1))))}  # whole seconds, rounded up
+
 
 class InvalidRequest(ServiceError):
     """The request is malformed or its values are out of range (names the field and what is allowed)."""
@@ -45,7 +54,12 @@ class InvalidVideo(InvalidRequest):
 
 
 class Unauthorized(ServiceError):
+    """A missing or wrong API key (``Authorization: Bearer <key>``)."""
+
     status, code = 401, "unauthorized"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="sam2-serve"'}
 
 
 class NotFound(ServiceError):
@@ -88,6 +102,21 @@ class Overloaded(ServiceError):
     """Backpressure: queues are full; the client should retry later."""
 
     status, code = 503, "overloaded"
+    retry_after_s = 1.0
+
+
+class ReplicaUnavailable(ServiceError):
+    """A replica died or was unreachable while serving the request; Serve replaces it. Nothing was stored, so the
+    same request can be sent again."""
+
+    status, code = 503, "replica_unavailable"
+    retry_after_s = 2.0
+
+
+class RequestTimeout(ServiceError):
+    """The request took longer than the service's ``request_timeout_s``; its model work was cancelled."""
+
+    status, code = 504, "request_timeout"
 
 
 class ModelUnavailable(ServiceError):

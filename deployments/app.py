@@ -13,13 +13,21 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve import Application
+from ray.serve.config import BackpressureConfig, RequestRouterConfig
 
+from common.auth import AuthConfig
 from common.config import Limits
 from deployments.cache import EmbeddingCache
 from deployments.decoder import MaskDecoder
 from deployments.encoder import ImageEncoder
 from deployments.ingress import HTTPIngress
+from deployments.tracker import SessionRouter, VideoTracker
 from models.registry import DEFAULT_MODEL, MODELS
+
+
+# glibc: at most 2 malloc arenas per process (threads otherwise get up to 8 per core, each keeping what it freed) and
+# buffers over 1 MiB mmapped, so that freed images, features and masks go back to the OS.
+MALLOC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
 
 
 class Placement(BaseModel):
@@ -32,13 +40,31 @@ class Placement(BaseModel):
     torch_threads: Optional[int] = Field(None, gt=0, description="CPU threads for torch; default all cores.")
     num_replicas: Optional[int] = Field(
         None, gt=0, description="Fixed replica count; default: Serve's, or the config's autoscaling_config.")
+    # Backpressure: a replica takes at most max_ongoing_requests at once, and each caller (HTTP proxy or upstream
+    # deployment) queues at most max_queued_requests more; beyond that the client gets a fast 503 + Retry-After.
+    max_ongoing_requests: int = Field(8, gt=0, description="Requests one replica works on at once.")
+    max_queued_requests: int = Field(64, gt=0, description="Requests each caller queues for this deployment "
+                                     "before answering 503 (bounds waiting time and memory).")
 
 
 class EncoderPlacement(Placement):
     num_cpus: float = 0.5
     num_gpus: float = 0.5
+    max_queued_requests: int = 32
     max_batch_size: int = Field(4, gt=0, description="Images per encoder forward pass.")
     batch_wait_timeout_s: float = Field(0.02, ge=0, description="How long a batch waits to fill.")
+
+
+class TrackerPlacement(Placement):
+    """The VideoTracker: a whole model (backbone included) per replica, holding streams and sessions."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.25
+    hydra_overrides: list[str] = Field(default_factory=list, description="Extra sam2 config overrides for the "
+                                       "tracker's model, e.g. ['++model.image_size=512'] (weights unchanged).")
+    session_ttl_s: float = Field(600.0, gt=0, description="Idle seconds before a session expires (410 after).")
+    max_sessions: int = Field(8, gt=0, description="Sessions one replica holds at most (422 beyond).")
+    max_ongoing_requests: int = Field(16, gt=0, description="Concurrent streams and session calls per replica.")
 
 
 class AppArgs(BaseModel):
@@ -53,8 +79,24 @@ class AppArgs(BaseModel):
     cache_bytes: int = Field(2 << 30, gt=0, description="Embedding cache bound (~16 MB per image in float32).")
     limits: Limits = Field(default_factory=Limits)
     encoder: EncoderPlacement = Field(default_factory=EncoderPlacement)
-    decoder: Placement = Field(default_factory=lambda: Placement(num_cpus=0.25, num_gpus=0.25))
-    ingress: Placement = Field(default_factory=lambda: Placement(num_cpus=0.25))
+    # The decoder's queue is deep because one segment_anything request fans out points/points_per_batch calls.
+    decoder: Placement = Field(default_factory=lambda: Placement(num_cpus=0.25, num_gpus=0.25, max_ongoing_requests=16,
+                                                                 max_queued_requests=512))
+    ingress: Placement = Field(default_factory=lambda: Placement(num_cpus=0.25, max_ongoing_requests=64,
+                                                                 max_queued_requests=128))
+    tracker: TrackerPlacement = Field(default_factory=TrackerPlacement)
+    cache: Placement = Field(default_factory=lambda: Placement(
+        num_cpus=0, num_replicas=1, max_ongoing_requests=256, max_queued_requests=1024),
+        description="EmbeddingCache: one replica (its LRU is the shared one); only the queue bounds apply.")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="Optional API-key authentication (SECURITY.md).")
+    request_timeout_s: Optional[float] = Field(
+        300.0, gt=0, description="Ingress bound on one request (streams: until the response starts); 504 after. "
+        "Keep below http_options.request_timeout_s of the Serve config so clients get the JSON error.")
+    retry_after_s: float = Field(1.0, ge=0, description="Retry-After of 503 answers (overload, replica lost).")
+    replica_env: dict[str, str] = Field(
+        default_factory=lambda: dict(MALLOC_ENV), description="Environment variables of every replica. The default "
+        "bounds glibc's per-thread arenas and returns large buffers to the OS: without it a decoder's resident "
+        "memory grew 1.45x under mixed load and stayed there (BENCHMARKS.md, load). {} to leave them unset.")
 
 
 def uses_gpu(device: str) -> bool:
@@ -70,9 +112,13 @@ def uses_gpu(device: str) -> bool:
     return torch.cuda.is_available()
 
 
-def _options(p: Placement, gpu: bool) -> dict:
-    """serve.deployment options of one placement: Ray resources, and a replica count when fixed."""
-    options = {"ray_actor_options": {"num_cpus": p.num_cpus, "num_gpus": p.num_gpus if gpu else 0}}
+def _options(p: Placement, gpu: bool, retry_after_s: float = 1.0, env: dict | None = None) -> dict:
+    """serve.deployment options of one placement: Ray resources, backpressure, and a replica count when fixed."""
+    options = {"ray_actor_options": {"num_cpus": p.num_cpus, "num_gpus": p.num_gpus if gpu else 0},
+               "max_ongoing_requests": p.max_ongoing_requests, "max_queued_requests": p.max_queued_requests,
+               "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=retry_after_s)}
+    if env:
+        options["ray_actor_options"]["runtime_env"] = {"env_vars": dict(env)}
     if p.num_replicas is not None:
         options["num_replicas"] = p.num_replicas
     return options
@@ -88,13 +134,23 @@ def build_app(args: AppArgs) -> Application:
     gpu = uses_gpu(a.device)
     model_kwargs = {"model": a.model, "checkpoint": a.checkpoint, "device": a.device, "dtype": a.dtype}
 
-    encoder = serve.deployment(ImageEncoder, name="ImageEncoder", **_options(a.encoder, gpu)).bind(
+    retry, env = a.retry_after_s, a.replica_env
+    encoder = serve.deployment(ImageEncoder, name="ImageEncoder", **_options(a.encoder, gpu, retry, env)).bind(
         **model_kwargs, max_batch_size=a.encoder.max_batch_size,
         batch_wait_timeout_s=a.encoder.batch_wait_timeout_s, torch_threads=a.encoder.torch_threads)
-    decoder = serve.deployment(MaskDecoder, name="MaskDecoder", **_options(a.decoder, gpu)).bind(
+    decoder = serve.deployment(MaskDecoder, name="MaskDecoder", **_options(a.decoder, gpu, retry, env)).bind(
         **model_kwargs, torch_threads=a.decoder.torch_threads)
-    cache = serve.deployment(EmbeddingCache, name="EmbeddingCache", num_replicas=1,
-                             ray_actor_options={"num_cpus": 0}).bind(max_bytes=a.cache_bytes)
-    ingress = serve.deployment(HTTPIngress, name="SAM2Ingress", **_options(a.ingress, False)).bind(
-        encoder=encoder, decoder=decoder, cache=cache, limits=a.limits.model_dump())
+    cache = serve.deployment(EmbeddingCache, name="EmbeddingCache",
+                             **_options(a.cache, False, retry, env)).bind(max_bytes=a.cache_bytes)
+    t = a.tracker
+    # Sessions live on one replica: SessionRouter sends each call with a session_id to the replica that minted it.
+    tracker = serve.deployment(
+        VideoTracker, name="VideoTracker",
+        request_router_config=RequestRouterConfig(request_router_class=SessionRouter),
+        **_options(t, gpu, retry, env)).bind(
+        **model_kwargs, torch_threads=t.torch_threads, hydra_overrides=t.hydra_overrides,
+        session_ttl_s=t.session_ttl_s, max_sessions=t.max_sessions)
+    ingress = serve.deployment(HTTPIngress, name="SAM2Ingress", **_options(a.ingress, False, retry, env)).bind(
+        encoder=encoder, decoder=decoder, cache=cache, limits=a.limits.model_dump(), tracker=tracker,
+        auth=a.auth.model_dump(), request_timeout_s=a.request_timeout_s, retry_after_s=retry)
     return ingress

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Sequence
 
 from ray.exceptions import ObjectLostError, OwnerDiedError
@@ -10,6 +11,7 @@ from ray.exceptions import ObjectLostError, OwnerDiedError
 from common.errors import EmbeddingNotFound
 from common.types import EmbeddingRef, ImageEmbedding, MaskPrediction, ObjectPrompt
 from deployments.common import load_for_replica
+from models.amg import AmgParams, BatchMasks, decode_batch
 from models.image import ImageModel
 
 
@@ -23,6 +25,10 @@ class MaskDecoder:
         loaded.model.image_encoder = None
         self.model = ImageModel(loaded)
         self.decodes = 0
+        self.amg_batches = 0
+        # One automatic-mask batch at a time: a batch already uses every torch thread of the replica, and running
+        # several together would only multiply the peak memory of their full-resolution masks.
+        self._amg_lock = asyncio.Lock()
 
     async def _embedding(self, emb: EmbeddingRef | ImageEmbedding) -> ImageEmbedding:
         if isinstance(emb, ImageEmbedding):
@@ -41,5 +47,17 @@ class MaskDecoder:
         self.decodes += 1
         return await asyncio.to_thread(self.model.decode, embedding, prompts, multimask_output)
 
+    async def segment_batch(self, emb: EmbeddingRef | ImageEmbedding, points, crop_box: tuple[int, int, int, int],
+                            orig_hw: tuple[int, int], params: AmgParams) -> BatchMasks:
+        """One batch of automatic-mask grid points on a (crop's) embedding -> compact filtered masks.
+
+        ``points``: float (N, 2) (x, y) pixels of the crop; ``crop_box``: (x0, y0, x1, y1) of the crop in the
+        original image of size ``orig_hw`` = (height, width). See ``models.amg.decode_batch``.
+        """
+        embedding = await self._embedding(emb)
+        async with self._amg_lock:
+            self.amg_batches += 1
+            return await asyncio.to_thread(decode_batch, self.model, embedding, points, crop_box, orig_hw, params)
+
     def stats(self) -> dict:
-        return {"decodes": self.decodes}
+        return {"decodes": self.decodes, "amg_batches": self.amg_batches, "pid": os.getpid()}

@@ -10,23 +10,32 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any, Optional
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
+import ray
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from common import schemas
+from common.auth import ApiKeys
 from common.config import Limits
-from common.errors import EmbeddingNotFound, InvalidRequest, PayloadTooLarge, ServiceError, UnsupportedMediaType
+from common.errors import (EmbeddingNotFound, InvalidRequest, InvalidVideo, LimitExceeded, Overloaded,
+                           PayloadTooLarge, ReplicaUnavailable, RequestTimeout, ServiceError, SessionGone,
+                           UnsupportedMediaType)
 from common.images import as_rgb_array, b64decode, image_id as content_id
 from common.prompts import to_objects
 from common.responses import predict_json, regions_from_predictions
-from common.types import EmbeddingRef, PredictResult
-from deployments.encoder import EncodeRequest
+from common.types import EmbeddingRef, EncodeRequest, PredictResult
+from common.video_prompts import frame_json, generate_prompts, regions_to_prompts
+from common.videos import TrackedFrame, b64decode_video, probe_video
+from models import amg
 
 logger = logging.getLogger("ray.serve")
 
@@ -46,13 +55,49 @@ def _request_id() -> Optional[str]:
         return None
 
 
-def _error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, "request_id": _request_id()}}, status_code=status)
+def _error_response(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, "request_id": _request_id()}}, status_code=status,
+                        headers=headers)
+
+
+def _as_service_error(exc: BaseException, retry_after_s: float = 1.0) -> Optional[ServiceError]:
+    """A Ray/Serve failure of a call to another deployment -> the retryable 503 the client gets (None: not one).
+
+    Backpressure (a deployment's ``max_queued_requests`` reached) and a replica that died or became unreachable
+    mid-request are both transient: nothing was stored, Serve sheds or replaces, and the same request can be sent
+    again after ``Retry-After``. A ``RayTaskError`` wrapping one of these is an instance of it too.
+    """
+    from ray.exceptions import (NodeDiedError, ObjectLostError, OutOfMemoryError, RayActorError,
+                                WorkerCrashedError)
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+
+    if isinstance(exc, ServiceError):
+        return exc
+    if isinstance(exc, BackPressureError):
+        err = Overloaded("the service is at capacity (a model deployment's queue is full); retry after the "
+                         "Retry-After delay, or send fewer requests at once")
+        err.retry_after_s = exc.retry_after_s if exc.retry_after_s is not None else retry_after_s
+        return err
+    if isinstance(exc, (RayActorError, ReplicaUnavailableError, WorkerCrashedError, ObjectLostError, OutOfMemoryError,
+                        NodeDiedError)):  # OutOfMemoryError: Ray's memory monitor killed the replica
+        logger.warning("request %s: a replica it used was lost (%s)", _request_id(), type(exc).__name__)
+        err = ReplicaUnavailable("a replica serving this request stopped and is being replaced; nothing was kept: "
+                                 "retry the same request after the Retry-After delay")
+        err.retry_after_s = max(retry_after_s, ReplicaUnavailable.retry_after_s)
+        return err
+    if isinstance(exc, DeploymentUnavailableError):
+        err = ReplicaUnavailable(f"a model deployment is unavailable ({exc.message}); see `serve status`")
+        err.retry_after_s = max(retry_after_s, 10.0)
+        return err
+    if isinstance(exc, asyncio.TimeoutError):
+        return RequestTimeout("the request took longer than the service's request_timeout_s and was cancelled; "
+                              "ask for less work (fewer points, frames or crop layers) or raise the limit")
+    return None
 
 
 @app.exception_handler(ServiceError)
 async def _service_error(_: Request, exc: ServiceError):
-    return _error_response(exc.status, exc.code, exc.message)
+    return _error_response(exc.status, exc.code, exc.message, exc.headers())
 
 
 @app.exception_handler(RequestValidationError)
@@ -62,8 +107,74 @@ async def _validation_error(_: Request, exc: RequestValidationError):
 
 @app.exception_handler(Exception)
 async def _unexpected(_: Request, exc: Exception):
+    mapped = _as_service_error(exc)
+    if mapped is not None:
+        return _error_response(mapped.status, mapped.code, mapped.message, mapped.headers())
     logger.exception("request %s failed with an unexpected error", _request_id())
     return _error_response(500, "internal_error", "internal error; quote the request_id when reporting it")
+
+
+class _GuardedRoute(APIRoute):
+    """Every API route: API-key check (before the body is read), the request timeout, Ray failures mapped to
+    retryable errors, and one log line with the request id and sizes (never the content).
+
+    ``/healthz`` stays open. Settings come from the replica's ingress instance (``_Guard.of``).
+    """
+
+    OPEN_PATHS = frozenset({"/healthz"})
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+        is_open = self.path in self.OPEN_PATHS
+
+        async def guarded(request: Request):
+            guard = _Guard.of(request)
+            start, status, out_bytes = time.perf_counter(), 500, None
+            try:
+                if guard is not None and not is_open:
+                    guard.api_keys.check(request.headers.get("authorization"))
+                timeout = guard.request_timeout_s if guard is not None else None
+                try:
+                    response = await asyncio.wait_for(handler(request), timeout)
+                except Exception as exc:
+                    mapped = _as_service_error(exc, guard.retry_after_s if guard is not None else 1.0)
+                    if mapped is None or mapped is exc:
+                        raise
+                    raise mapped from None
+                status = response.status_code
+                out_bytes = len(response.body) if hasattr(response, "body") else None  # None: streamed
+                return response
+            except ServiceError as exc:
+                status = exc.status
+                raise
+            finally:
+                if not is_open:
+                    logger.info("request %s %s %s: status %s, body %s bytes in, %s bytes out, %.0f ms",
+                                _request_id(), request.method, self.path, status,
+                                getattr(request.state, "body_bytes", request.headers.get("content-length", 0)),
+                                out_bytes if out_bytes is not None else ("stream" if status < 400 else "-"),
+                                1000 * (time.perf_counter() - start))
+
+        return guarded
+
+
+class _Guard:
+    """Per-replica request settings read by ``_GuardedRoute``."""
+
+    def __init__(self, api_keys: ApiKeys, request_timeout_s: Optional[float], retry_after_s: float):
+        self.api_keys, self.request_timeout_s, self.retry_after_s = api_keys, request_timeout_s, retry_after_s
+
+    @staticmethod
+    def of(request: Request) -> Optional["_Guard"]:
+        """The serving ingress's settings. In a replica the FastAPI app is a copy of this module's ``app`` (Serve
+        ships it pickled), so they are read from the replica's instance; ``app.state`` serves in-process use."""
+        try:
+            return serve.get_replica_context().servable_object.guard
+        except Exception:
+            return getattr(request.app.state, "guard", None)
+
+
+app.router.route_class = _GuardedRoute
 
 
 def _describe(errors: list[dict]) -> str:
@@ -95,7 +206,9 @@ def _body_doc(model: type) -> dict:
     }}}
 
 
-_BODY_MODELS: list[type] = [schemas.PredictRequest, schemas.EmbedRequest]
+_BODY_MODELS: list[type] = [schemas.PredictRequest, schemas.EmbedRequest, schemas.SegmentAnythingRequest,
+                            schemas.GenerateRequest, schemas.SessionCreateRequest, schemas.SessionPromptRequest,
+                            schemas.PropagateRequest]
 
 
 def _openapi() -> dict:
@@ -119,9 +232,16 @@ class SAM2Ingress:
     """HTTP routes and handle methods. Handle callers pass images as bytes, PIL images or RGB arrays."""
 
     def __init__(self, encoder: DeploymentHandle, decoder: DeploymentHandle, cache: DeploymentHandle,
-                 limits: dict | None = None):
+                 limits: dict | None = None, tracker: DeploymentHandle | None = None, auth: dict | None = None,
+                 request_timeout_s: float | None = None, retry_after_s: float = 1.0):
         self.encoder, self.decoder, self.cache = encoder, decoder, cache
+        self.tracker = tracker
         self.limits = Limits.model_validate(limits or {})
+        # Keys are read here, in the replica (its environment, its mounted files); a misconfiguration fails start-up.
+        self.api_keys = ApiKeys.load(auth)
+        self.guard = app.state.guard = _Guard(self.api_keys, request_timeout_s, retry_after_s)
+        logger.info("API-key authentication is %s", f"on ({len(self.api_keys)} key(s))" if self.api_keys.enabled
+                    else "off (set SAM2_SERVE_API_KEY or auth.api_key_file to turn it on)")
         self._inflight: dict[str, asyncio.Future] = {}
 
     # ---- shared steps -------------------------------------------------------------------------------------
@@ -177,6 +297,58 @@ class SAM2Ingress:
             predictions = await self.decoder.decode.remote(entry, objects, options.multimask_output)
         return PredictResult(image_id, w, h, regions_from_predictions(predictions))
 
+    async def _segment_anything(self, image: Any, options: schemas.SegmentAnythingOptions,
+                                image_id: Optional[str]) -> amg.AmgResult:
+        """Automatic masks: the image (and each crop) encoded once through the encoder and the cache, grid batches
+        fanned out to decoder replicas all at once, survivors merged here (``models.amg``)."""
+        params = amg.AmgParams(**options.model_dump(include=set(amg.AmgParams.__dataclass_fields__)))
+        if params.total_points() > self.limits.max_segment_points:
+            raise LimitExceeded(
+                f"points_per_side={params.points_per_side} with crop_n_layers={params.crop_n_layers} and "
+                f"crop_n_points_downscale_factor={params.crop_n_points_downscale_factor} asks for "
+                f"{params.total_points()} grid points over all crops; the limit is {self.limits.max_segment_points}: "
+                "lower points_per_side or crop_n_layers, or raise crop_n_points_downscale_factor")
+        if image is None:
+            if params.crop_n_layers > 0:
+                raise InvalidRequest("crop_n_layers >= 1 needs the image's pixels to encode its crops: send the image "
+                                     "(image.base64 or a file), not only image.image_id")
+            entry, rgb = await self._cached(image_id), None
+        else:
+            (rgb, image_id), entry = await self._decode_image(image), None
+        h, w = entry.orig_hw if entry is not None else rgb.shape[:2]
+        crops = amg.plan_crops((h, w), params)
+
+        # Crop pixels and ids are ready before any crop is sent, so the crops reach the encoder together and share
+        # its batched forward passes (and its cache: a crop seen before is not encoded again).
+        crop_images = [(rgb, image_id)] if rgb is not None else [None]
+        if len(crops) > 1:
+            crop_images += await asyncio.to_thread(_crop_images, rgb, crops[1:])
+
+        async def crop_embedding(crop: amg.CropPlan, again: bool = False) -> EmbeddingRef:
+            if crop.index == 0 and entry is not None and not again:
+                return entry
+            crop_rgb, crop_id = crop_images[crop.index]
+            if again:
+                await self.cache.discard.remote(crop_id)
+            return await self._embed(crop_rgb, crop_id)
+
+        async def decode_crop(crop: amg.CropPlan) -> list[amg.BatchMasks]:
+            emb = await crop_embedding(crop)
+            batches = crop.batches(params.points_per_batch)
+            try:
+                return await asyncio.gather(*[self.decoder.segment_batch.remote(emb, pts, crop.box, (h, w), params)
+                                              for pts in batches])
+            except EmbeddingNotFound:
+                if rgb is None:
+                    raise
+                emb = await crop_embedding(crop, again=True)  # its encoder replica died: encode again, once
+                return await asyncio.gather(*[self.decoder.segment_batch.remote(emb, pts, crop.box, (h, w), params)
+                                              for pts in batches])
+
+        per_crop = await asyncio.gather(*[decode_crop(c) for c in crops])
+        masks = await asyncio.to_thread(amg.merge, crops, per_crop, params)
+        return amg.AmgResult(image_id, int(w), int(h), masks, amg.batch_stats(per_crop))
+
     async def _read_body(self, request: Request) -> bytes:
         limit = self.limits.max_body_bytes
         declared = request.headers.get("content-length")
@@ -190,6 +362,7 @@ class SAM2Ingress:
             chunks.append(chunk)
         body = b"".join(chunks)
         request._body = body  # lets request.form() parse what was already read
+        request.state.body_bytes = size
         return body
 
     async def _parse(self, request: Request, model: type):
@@ -253,6 +426,14 @@ class SAM2Ingress:
         result = await self._predict(image, req, image_id)
         return JSONResponse(await asyncio.to_thread(predict_json, result, req.mask_format.value))
 
+    @app.post("/v1/segment_anything", response_model=schemas.SegmentAnythingResponse,
+              openapi_extra=_body_doc(schemas.SegmentAnythingRequest))
+    async def http_segment_anything(self, request: Request):
+        req, upload = await self._parse(request, schemas.SegmentAnythingRequest)
+        image, image_id = self._image_arg(req, upload)
+        result = await self._segment_anything(image, req, image_id)
+        return JSONResponse(await asyncio.to_thread(amg.result_json, result, req.mask_format.value))
+
     @app.post("/v1/embed", response_model=schemas.EmbedResponse, openapi_extra=_body_doc(schemas.EmbedRequest))
     async def http_embed(self, request: Request):
         req, upload = await self._parse(request, schemas.EmbedRequest)
@@ -277,6 +458,19 @@ class SAM2Ingress:
             "multimask_output": multimask_output, "denormalize_coord": denormalize_coord})
         return await self._predict(image, options, image_id)
 
+    async def segment_anything(self, image: Any = None, image_id: Optional[str] = None,
+                               **params: Any) -> amg.AmgResult:
+        """Every object in the image (``SAM2AutomaticMaskGenerator``), as ``models.amg.AmgResult``.
+
+        ``params``: the fields of ``common.schemas.SegmentAnythingOptions`` (same names, ranges and defaults as over
+        HTTP; ``mask_format`` is ignored here). Masks come back sorted by predicted IoU, highest first, as
+        ``AutoMask`` records holding COCO RLE (``.mask`` decodes one to bool (H, W)).
+        """
+        if (image is None) == (image_id is None):
+            raise InvalidRequest("give exactly one of image or image_id")
+        options = _validate(schemas.SegmentAnythingOptions, params)
+        return await self._segment_anything(image, options, image_id)
+
     async def embed(self, image: Any = None, image_id: Optional[str] = None) -> dict:
         """Encode only; returns ``{"image_id", "width", "height"}`` for later ``image_id`` calls."""
         if image is None:
@@ -286,6 +480,222 @@ class SAM2Ingress:
             entry = await self._embed(rgb, image_id)
         h, w = entry.orig_hw
         return {"image_id": image_id, "width": w, "height": h}
+
+    # ---- video: generate and sessions (VideoTracker) ------------------------------------------------------------
+
+    def _tracker(self, session_id: Optional[str] = None) -> DeploymentHandle:
+        if self.tracker is None:
+            raise ServiceError("video tracking is not deployed in this application")
+        return self.tracker.options(session_id=session_id) if session_id else self.tracker
+
+    async def _session_call(self, session_id: str, method: str, *args):
+        """A unary session call; a replica that died under it means the session is gone (410), not a 500."""
+        try:
+            return await getattr(self._tracker(session_id), method).remote(session_id, *args)
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+            raise SessionGone(f"session {session_id!r} was lost with the tracker replica that held it; "
+                              "create a new session") from None
+
+    async def _probe(self, video: Any):
+        if isinstance(video, (bytearray, memoryview)):
+            video = bytes(video)
+        if not isinstance(video, bytes):
+            raise InvalidVideo(f"video must be the encoded file's bytes, not {type(video).__name__}")
+        lim = self.limits
+        return await asyncio.to_thread(probe_video, video, lim.max_video_bytes, lim.max_video_frames,
+                                       lim.max_video_seconds, lim.max_frame_pixels), video
+
+    async def _parse_video(self, request: Request, model: type, need_video: bool = True):
+        """JSON (``video.base64``) or multipart (a ``video`` file plus JSON-valued fields) -> (request, bytes)."""
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        body = await self._read_body(request)
+        if ctype == "multipart/form-data":
+            form = await request.form(max_files=1, max_fields=32)
+            fields: dict[str, Any] = {}
+            upload = None
+            for key, value in form.multi_items():
+                if key == "video" and hasattr(value, "read"):
+                    upload = await value.read()
+                elif key == "options":
+                    fields.update(_json_field(key, value, dict))
+                else:
+                    fields[key] = value if key == "mask_format" else _json_field(key, value)
+            if upload is None and need_video:
+                raise InvalidRequest("multipart requests need a 'video' file field (curl -F video=@clip.mp4)")
+            if upload is not None:
+                fields["video"] = {"base64": ""}  # placeholder satisfying the schema; the file wins
+            return _validate(model, fields), upload
+        if ctype not in ("application/json", ""):
+            raise UnsupportedMediaType(f"content-type {ctype!r} is not accepted; send application/json "
+                                       "or multipart/form-data")
+        if not body:
+            if not need_video:
+                return _validate(model, {}), None
+            raise InvalidRequest("the request body is empty; send a JSON object")
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidRequest(f"the body is not valid JSON ({exc})") from None
+        req = _validate(model, data)
+        video = getattr(req, "video", None)
+        return req, (await asyncio.to_thread(b64decode_video, video.base64) if video is not None else None)
+
+    async def _generate(self, video: Any, req: schemas.GenerateRequest, with_logits: bool = False):
+        """Validate everything a client can get wrong, then the tracker's frame stream (not yet started)."""
+        info, video = await self._probe(video)
+        lim = self.limits
+        prompts = generate_prompts(req.frames, req.list_dict_inputs, info, req.start_frame, req.max_frames,
+                                   req.denormalize_coord, lim.max_video_objects, lim.max_points,
+                                   lim.max_prompted_frames)
+        return self._tracker().options(stream=True).generate.remote(
+            video, info, prompts, req.start_frame, req.max_frames, with_logits)
+
+    @staticmethod
+    async def _ndjson(first: TrackedFrame, frames, mask_format: str):
+        """NDJSON lines; an error after the stream began ends it with an ``{"error": ...}`` line."""
+        try:
+            yield json.dumps(await asyncio.to_thread(frame_json, first, mask_format)) + "\n"
+            async for frame in frames:
+                yield json.dumps(await asyncio.to_thread(frame_json, frame, mask_format)) + "\n"
+        except Exception as exc:
+            mapped = _as_service_error(exc)  # a ServiceError, or a lost replica: a retryable error line
+            if mapped is not None:
+                retry = {} if mapped.retry_after_s is None else {"retry_after_s": mapped.retry_after_s}
+                yield json.dumps({**mapped.to_dict(), **retry}) + "\n"
+                return
+            logger.exception("stream %s failed", _request_id())
+            yield json.dumps({"error": {"code": "internal_error", "message": "the stream failed; quote the "
+                                        "request_id when reporting it", "request_id": _request_id()}}) + "\n"
+        finally:
+            frames.cancel()  # client gone or stream over: stop the tracker's work
+
+    async def _stream_response(self, frames, mask_format: str):
+        try:
+            first = await frames.__anext__()  # errors before the first frame keep their HTTP status
+        except StopAsyncIteration:
+            return StreamingResponse(iter(()), media_type="application/x-ndjson")
+        except BaseException:
+            frames.cancel()
+            raise
+        return StreamingResponse(self._ndjson(first, frames, mask_format), media_type="application/x-ndjson")
+
+    @app.post("/v1/generate", response_class=StreamingResponse, openapi_extra=_body_doc(schemas.GenerateRequest),
+              responses={200: {"content": {"application/x-ndjson": {"schema": schemas.FrameOut.model_json_schema()}},
+                               "description": "One JSON object per tracked frame, in order."}})
+    async def http_generate(self, request: Request):
+        req, video = await self._parse_video(request, schemas.GenerateRequest)
+        return await self._stream_response(await self._generate(video, req), req.mask_format.value)
+
+    @app.post("/v1/sessions", response_model=schemas.SessionOut, openapi_extra=_body_doc(schemas.SessionCreateRequest))
+    async def http_create_session(self, request: Request):
+        req, video = await self._parse_video(request, schemas.SessionCreateRequest)
+        return await self.create_session(video, req.ttl_s)
+
+    @app.get("/v1/sessions/{session_id}")
+    async def http_session(self, session_id: str):
+        return await self._session_call(session_id, "session_info")
+
+    @app.post("/v1/sessions/{session_id}/prompts", response_model=schemas.FrameOut,
+              openapi_extra=_body_doc(schemas.SessionPromptRequest))
+    async def http_session_prompts(self, session_id: str, request: Request):
+        req, _ = await self._parse_video(request, schemas.SessionPromptRequest)
+        frame = await self._session_prompts(session_id, req)
+        return JSONResponse(await asyncio.to_thread(frame_json, frame, req.mask_format.value))
+
+    @app.post("/v1/sessions/{session_id}/propagate", response_class=StreamingResponse,
+              openapi_extra=_body_doc(schemas.PropagateRequest))
+    async def http_session_propagate(self, session_id: str, request: Request):
+        req, _ = await self._parse_video(request, schemas.PropagateRequest, need_video=False)
+        frames = self._tracker(session_id).options(stream=True).propagate.remote(
+            session_id, req.start_frame, req.max_frames, req.reverse)
+        return await self._stream_response(frames, req.mask_format.value)
+
+    @app.delete("/v1/sessions/{session_id}/objects/{track_id}")
+    async def http_remove_object(self, session_id: str, track_id: str):
+        return await self.remove_object(session_id, track_id)
+
+    @app.delete("/v1/sessions/{session_id}")
+    async def http_delete_session(self, session_id: str):
+        return await self.delete_session(session_id)
+
+    async def _session_prompts(self, session_id: str, req: schemas.SessionPromptRequest) -> TrackedFrame:
+        meta = await self._session_call(session_id, "session_info")
+        info = _SessionFrameInfo(meta["width"], meta["height"], meta["num_frames"])
+        prompts = regions_to_prompts(req.index, req.regions, info, req.denormalize_coord, req.clear_old_points,
+                                     set(meta["track_ids"]), "regions")
+        return await self._session_call(session_id, "add_prompts", prompts, self.limits.max_video_objects)
+
+    # Python handle API for video: frames come back as common.videos.TrackedFrame with boolean numpy masks.
+
+    async def generate(self, video: bytes, frames: Any = None, list_dict_inputs: Any = None, start_frame: int = 0,
+                       max_frames: Optional[int] = None, denormalize_coord: bool = True, with_logits: bool = False):
+        """Track prompted objects; use as ``handle.options(stream=True).generate.remote(video_bytes, ...)``.
+
+        ``frames`` / ``list_dict_inputs``: as over HTTP (dicts or ``common.schemas`` models). Yields one
+        ``TrackedFrame`` per frame (``.objects[i].mask``: bool (H, W)); ``with_logits`` adds low-res logits.
+        """
+        req = _validate(schemas.GenerateRequest, {
+            "video": {"base64": ""}, "frames": _dump(frames), "list_dict_inputs": _dump(list_dict_inputs),
+            "start_frame": start_frame, "max_frames": max_frames, "denormalize_coord": denormalize_coord})
+        stream = await self._generate(video, req, with_logits)
+        try:
+            async for frame in stream:
+                yield frame
+        finally:
+            stream.cancel()
+
+    async def create_session(self, video: bytes, ttl_s: Optional[float] = None) -> dict:
+        """Open an interactive session on a video; returns ``{"session_id", "width", "height", ...}``."""
+        info, video = await self._probe(video)
+        ref = await asyncio.to_thread(ray.put, video)  # one copy in the object store, even if a retry is needed
+        for attempt in range(3):
+            try:
+                return await self._tracker().create_session.remote(ref, info, ttl_s)
+            except LimitExceeded:
+                if attempt == 2:  # replicas are picked at random: a full one may have a free neighbour
+                    raise
+
+    async def add_prompts(self, session_id: str, index: int, regions: Any, clear_old_points: bool = True,
+                          denormalize_coord: bool = True) -> TrackedFrame:
+        """Prompts on frame ``index`` (regions as over HTTP); that frame's masks for every object."""
+        req = _validate(schemas.SessionPromptRequest, {
+            "index": index, "regions": _dump(regions), "clear_old_points": clear_old_points,
+            "denormalize_coord": denormalize_coord})
+        return await self._session_prompts(session_id, req)
+
+    async def propagate(self, session_id: str, start_frame: Optional[int] = None, max_frames: Optional[int] = None,
+                        reverse: bool = False):
+        """Stream a session's tracked frames (``handle.options(stream=True).propagate.remote(...)``)."""
+        stream = self._tracker(session_id).options(stream=True).propagate.remote(
+            session_id, start_frame, max_frames, reverse)
+        try:
+            async for frame in stream:
+                yield frame
+        finally:
+            stream.cancel()
+
+    async def remove_object(self, session_id: str, track_id: str) -> dict:
+        return await self._session_call(session_id, "remove_object", track_id)
+
+    async def delete_session(self, session_id: str) -> dict:
+        return await self._session_call(session_id, "delete_session")
+
+
+class _SessionFrameInfo:
+    """What prompt validation needs to know of a session's video."""
+
+    def __init__(self, width: int, height: int, num_frames: int):
+        self.width, self.height, self.num_frames = width, height, num_frames
+
+
+def _crop_images(rgb: np.ndarray, crops: list) -> list[tuple[np.ndarray, str]]:
+    """(RGB pixels, content id) of each crop box (x0, y0, x1, y1) of ``rgb``."""
+    out = []
+    for crop in crops:
+        x0, y0, x1, y1 = crop.box
+        pixels = np.ascontiguousarray(rgb[y0:y1, x0:x1])
+        out.append((pixels, content_id(pixels)))
+    return out
 
 
 def _dump(value):
