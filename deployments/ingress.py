@@ -365,40 +365,52 @@ class SAM2Ingress:
         request.state.body_bytes = size
         return body
 
-    async def _parse(self, request: Request, model: type):
-        """JSON body or multipart form -> (validated request model, uploaded image bytes or None)."""
+    async def _body_fields(self, request: Request, file_field: str, max_fields: int):
+        """A JSON object or a multipart form -> (fields or None for an empty body, uploaded file bytes, multipart?).
+
+        Multipart text fields are JSON-decoded where they parse (``regions``, booleans); ``options`` may carry the
+        other fields as one JSON object; the file comes from the ``file_field`` part.
+        """
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         body = await self._read_body(request)
         if ctype == "multipart/form-data":
-            form = await request.form(max_files=1, max_fields=16)
+            form = await request.form(max_files=1, max_fields=max_fields)
             fields: dict[str, Any] = {}
             upload = None
             for key, value in form.multi_items():
-                if key == "image" and hasattr(value, "read"):
+                if key == file_field and hasattr(value, "read"):
                     upload = await value.read()
                 elif key == "options":
                     fields.update(_json_field(key, value, dict))
-                elif key in ("image_id",):
+                elif key == "image_id" and file_field == "image":
                     fields["image"] = {"image_id": value}
                 else:
-                    fields[key] = _json_field(key, value) if key not in ("mask_format",) else value
-            if upload is None and "image" not in fields:
-                raise InvalidRequest("multipart requests need an 'image' file field (curl -F image=@photo.jpg)")
-            if upload is not None:
-                fields["image"] = {"image_id": "upload"}  # placeholder satisfying the schema; the file wins
-            return _validate(model, fields), upload
+                    fields[key] = value if key == "mask_format" else _json_field(key, value)
+            return fields, upload, True
         if ctype not in ("application/json", ""):
             raise UnsupportedMediaType(f"content-type {ctype!r} is not accepted; send application/json "
                                        "or multipart/form-data")
         if not body:
-            raise InvalidRequest("the request body is empty; send a JSON object")
+            return None, None, False
         try:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidRequest(f"the body is not valid JSON ({exc})") from None
         if not isinstance(data, dict):
-            raise InvalidRequest(f"the body must be a JSON object with the fields of {model.__name__}")
-        return _validate(model, data), None
+            raise InvalidRequest("the body must be a JSON object with the fields of the request")
+        return data, None, False
+
+    async def _parse(self, request: Request, model: type):
+        """JSON body or multipart form -> (validated request model, uploaded image bytes or None)."""
+        fields, upload, multipart = await self._body_fields(request, "image", max_fields=16)
+        if fields is None:
+            raise InvalidRequest("the request body is empty; send a JSON object")
+        if multipart:
+            if upload is None and "image" not in fields:
+                raise InvalidRequest("multipart requests need an 'image' file field (curl -F image=@photo.jpg)")
+            if upload is not None:
+                fields["image"] = {"image_id": "upload"}  # placeholder satisfying the schema; the file wins
+        return _validate(model, fields), upload
 
     @staticmethod
     def _image_arg(req, upload: Optional[bytes]):
@@ -507,36 +519,18 @@ class SAM2Ingress:
 
     async def _parse_video(self, request: Request, model: type, need_video: bool = True):
         """JSON (``video.base64``) or multipart (a ``video`` file plus JSON-valued fields) -> (request, bytes)."""
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        body = await self._read_body(request)
-        if ctype == "multipart/form-data":
-            form = await request.form(max_files=1, max_fields=32)
-            fields: dict[str, Any] = {}
-            upload = None
-            for key, value in form.multi_items():
-                if key == "video" and hasattr(value, "read"):
-                    upload = await value.read()
-                elif key == "options":
-                    fields.update(_json_field(key, value, dict))
-                else:
-                    fields[key] = value if key == "mask_format" else _json_field(key, value)
+        fields, upload, multipart = await self._body_fields(request, "video", max_fields=32)
+        if fields is None:
+            if not need_video:
+                return _validate(model, {}), None
+            raise InvalidRequest("the request body is empty; send a JSON object")
+        if multipart:
             if upload is None and need_video:
                 raise InvalidRequest("multipart requests need a 'video' file field (curl -F video=@clip.mp4)")
             if upload is not None:
                 fields["video"] = {"base64": ""}  # placeholder satisfying the schema; the file wins
             return _validate(model, fields), upload
-        if ctype not in ("application/json", ""):
-            raise UnsupportedMediaType(f"content-type {ctype!r} is not accepted; send application/json "
-                                       "or multipart/form-data")
-        if not body:
-            if not need_video:
-                return _validate(model, {}), None
-            raise InvalidRequest("the request body is empty; send a JSON object")
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidRequest(f"the body is not valid JSON ({exc})") from None
-        req = _validate(model, data)
+        req = _validate(model, fields)
         video = getattr(req, "video", None)
         return req, (await asyncio.to_thread(b64decode_video, video.base64) if video is not None else None)
 
