@@ -18,6 +18,7 @@ COPY --chown=ray:users pyproject.toml README.md ./
 COPY --chown=ray:users common ./common
 COPY --chown=ray:users models ./models
 COPY --chown=ray:users deployments ./deployments
+COPY --chown=ray:users web ./web
 RUN pip install --no-cache-dir .
 
 # The checkpoint is baked in: pods start without a download and without a shared volume (see README, "Deploy on

@@ -35,6 +35,7 @@ from common.responses import predict_json, regions_from_predictions
 from common.types import EmbeddingRef, EncodeRequest, PredictResult
 from common.video_prompts import frame_json, generate_prompts, regions_to_prompts
 from common.videos import TrackedFrame, b64decode_video, probe_video
+from deployments.web import add_web_routes
 from models import amg
 
 logger = logging.getLogger("ray.serve")
@@ -714,6 +715,8 @@ def _json_field(key: str, value: Any, expect: type | None = None):
         raise InvalidRequest(f"form field {key!r} must be a JSON object")
     return parsed
 
+
+add_web_routes(app)  # the browser page at / (deployments/web.py), public; the /v1 API it calls keeps auth
 
 # Serve's class-based-view transform rewrites ``app``'s routes; it must run wherever this module is imported
 # (the replica re-imports it), so it is applied here rather than in ``deployments.app``.

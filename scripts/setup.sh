@@ -17,4 +17,18 @@ $PIP install --quiet $TORCH_SPEC
 # sam2's optional CUDA extension only speeds up hole filling; skip compiling it for a quick, portable install.
 SAM2_BUILD_CUDA=0 $PIP install --quiet --no-build-isolation "sam2==1.1.0"
 $PIP install --quiet --no-build-isolation -e ".[test]"
+# The browser test drives Debian's Chromium (Playwright's own browser download does not work offline).
+CHROMIUM=${SAM2_SERVE_CHROMIUM:-/usr/bin/chromium}
+if [ ! -x "$CHROMIUM" ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
+  if command -v apt-get >/dev/null && { [ -z "$SUDO" ] || sudo -n true 2>/dev/null; }; then
+    echo "installing chromium for the browser test (apt-get, about 30 s)"
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "note: no Chromium at $CHROMIUM; tests/integration/test_browser.py needs it:" \
+         "sudo apt-get install chromium chromium-driver (or set SAM2_SERVE_CHROMIUM to a Chromium binary)"
+  fi
+fi
 echo "set-up done: .venv is ready"

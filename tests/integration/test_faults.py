@@ -167,6 +167,20 @@ def test_api_key_missing_wrong_right(faults, http, api, groceries_b64):
     assert http.get(f"{faults}/healthz", timeout=60).status_code == 200  # health stays open
 
 
+def test_browser_page_open_with_auth_on(faults, http, api):
+    """The page and its files (no data in them) load without a key, under a route prefix too; the API they call
+    keeps asking for one (the page sends the key its user types: tests/integration/test_browser.py)."""
+    r = http.get(f"{faults}/", timeout=60)
+    assert r.status_code == 200 and 'src="static/app.js"' in r.text, r.text[:300]
+    r = http.get(faults, timeout=60, allow_redirects=False)  # relative links need the prefix's trailing slash
+    assert r.status_code in (307, 308) and r.headers["location"].endswith(f"{PREFIX}/"), (r.status_code, r.headers)
+    for path in ("static/app.js", "static/style.css"):
+        assert http.get(f"{faults}/{path}", timeout=60).status_code == 200, path
+    r = http.post(f"{faults}/v1/embed", json={"image": {"image_id": "x" * 16}}, timeout=60)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized", r.text
+    assert api.post(f"{faults}/v1/embed", json={"image": {"image_id": "x" * 16}}, timeout=60).status_code == 404
+
+
 # ---- limits: configured to non-defaults here, each answered with its status and a message --------------------------
 
 
