@@ -89,20 +89,28 @@ def served(ckpt, model: str, jpegs: list[bytes], point, clicks: int, clients: in
 
     time.sleep(2)
     rss_rest = replica_rss_mib()
+    encoder = serve.get_deployment_handle("ImageEncoder", app_name="sam2")
+    forward_s = lambda: encoder.stats.remote().result()["forward_s"]  # noqa: E731
     post(jpegs[0])  # warm-up (and the cached image for the click test)
+    f0 = forward_s()
     firsts = [timed(post, data)[0] for data in jpegs[1:4]]
+    f1 = forward_s()
     image_id = post(jpegs[0])["image_id"]
     click_body = {"image": {"image_id": image_id}, "regions": [{"point": list(point)}]}
     click_times = [timed(session.post, url, json=click_body, timeout=60)[0] for _ in range(clicks)]
 
     batch = jpegs[4:4 + clients]
     sessions = [requests.Session() for _ in batch]
+    f2 = forward_s()
     with ThreadPoolExecutor(clients) as pool:
         wall, _ = timed(lambda: list(pool.map(post, batch, sessions)))
+    f3 = forward_s()
     rss_after = replica_rss_mib()
     serve.shutdown()
     ray.shutdown()
-    return firsts, click_times, len(batch) / wall, rss_rest, rss_after
+    # Seconds per image inside the encoder replica's forward passes: what the served path adds is the rest.
+    forward = {"first": (f1 - f0) / len(firsts), "clients": (f3 - f2) / len(batch)}
+    return firsts, click_times, len(batch) / wall, rss_rest, rss_after, forward
 
 
 def bf16_encoder(ckpt, model: str, rgb: np.ndarray, point):
@@ -143,7 +151,7 @@ def main() -> None:
     up_seq = [decode_image(j) for j in jpegs[4:4 + args.clients]]
     up_loop, _ = timed(lambda: upstream_loop(ckpt, args.model, up_seq, point))
     print("upstream done", flush=True)
-    sv_first, sv_click, sv_ips, rss_rest, rss_after = served(ckpt, args.model, jpegs, point, args.clicks, args.clients)
+    sv_first, sv_click, sv_ips, rss_rest, rss_after, forward = served(ckpt, args.model, jpegs, point, args.clicks, args.clients)
     print("served done", flush=True)
     f32, bf16, iou = bf16_encoder(ckpt, args.model, rgb, point)
 
@@ -159,10 +167,13 @@ def main() -> None:
          f"mask IoU {iou:.3f}", "reported"),
     ]
     print(table(rows, ("measure", "upstream", "served", "ratio", "target", "met")))
+    print(f"encoder forward in the replica, s per image: first requests {forward['first']:.2f} (upstream set_image + "
+          f"predict {p50(up_first):.2f}), {args.clients} clients {forward['clients']:.2f} (upstream loop "
+          f"{up_loop / args.clients:.2f})")
     print("replica RSS at rest (MiB):", {k: round(v) for k, v in rss_rest.items()})
     print("replica RSS after the run (MiB):", {k: round(v) for k, v in rss_after.items()})
     if args.json:
-        json.dump({"rows": rows, "rss_rest": rss_rest, "rss_after": rss_after, "machine": machine()},
+        json.dump({"rows": rows, "encoder_forward_s": forward, "rss_rest": rss_rest, "rss_after": rss_after, "machine": machine()},
                   open(args.json, "w"), indent=1, default=str)
 
 

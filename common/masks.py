@@ -14,7 +14,8 @@ from pycocotools import mask as mask_utils
 def encode_png(mask: np.ndarray) -> str:
     """Boolean (H, W) mask -> base64 of an 8-bit greyscale PNG, 255 inside, 0 outside, W x H pixels."""
     buf = io.BytesIO()
-    Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255, mode="L").save(buf, format="PNG", optimize=False)
+    # zlib level 1: 1.5x faster than the default 6 on a 1800x1200 mask (7.6 vs 11.1 ms); a mask is ~15 kB, not ~6.
+    Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255, mode="L").save(buf, format="PNG", compress_level=1)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 

@@ -25,9 +25,13 @@ from deployments.tracker import SessionRouter, VideoTracker
 from models.registry import DEFAULT_MODEL, MODELS
 
 
-# glibc: at most 2 malloc arenas per process (threads otherwise get up to 8 per core, each keeping what it freed) and
-# buffers over 1 MiB mmapped, so that freed images, features and masks go back to the OS.
-MALLOC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+# glibc: at most 2 malloc arenas per process (threads otherwise get up to 8 per core, each keeping what it freed).
+MALLOC_ENV = {"MALLOC_ARENA_MAX": "2"}
+# Ingress and cache only: buffers over 1 MiB (uploaded images, encoded masks) are mmapped, so that they go back to
+# the OS when freed. Not for model replicas: every large activation would then be mmapped and page-faulted afresh,
+# which made a base-plus decoder pass 2.6x slower (53 ms -> 140 ms a click) and the encoder 33% slower on CPU.
+# Model replicas hand freed memory back when they go idle instead (``deployments.common.IdleTrim``).
+IO_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
 
 
 class Placement(BaseModel):
@@ -135,27 +139,24 @@ def build_app(args: AppArgs) -> Application:
     model_kwargs = {"model": a.model, "checkpoint": a.checkpoint, "device": a.device, "dtype": a.dtype}
 
     retry, env = a.retry_after_s, a.replica_env
-    # The backbone allocates large activations on every pass; with MALLOC_MMAP_THRESHOLD_ each is mmapped and
-    # page-faulted afresh, which made the base-plus encoder 33% slower on CPU (4.7 s -> 6.3 s a 1024px image),
-    # while its resident memory stayed flat without it (1.09x after the load run). Encoder and tracker skip it.
-    backbone_env = {k: v for k, v in env.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    io_env = {**IO_MALLOC_ENV, **env}
     encoder = serve.deployment(ImageEncoder, name="ImageEncoder",
-                               **_options(a.encoder, gpu, retry, backbone_env)).bind(
+                               **_options(a.encoder, gpu, retry, env)).bind(
         **model_kwargs, max_batch_size=a.encoder.max_batch_size,
         batch_wait_timeout_s=a.encoder.batch_wait_timeout_s, torch_threads=a.encoder.torch_threads)
     decoder = serve.deployment(MaskDecoder, name="MaskDecoder", **_options(a.decoder, gpu, retry, env)).bind(
         **model_kwargs, torch_threads=a.decoder.torch_threads)
     cache = serve.deployment(EmbeddingCache, name="EmbeddingCache",
-                             **_options(a.cache, False, retry, env)).bind(max_bytes=a.cache_bytes)
+                             **_options(a.cache, False, retry, io_env)).bind(max_bytes=a.cache_bytes)
     t = a.tracker
     # Sessions live on one replica: SessionRouter sends each call with a session_id to the replica that minted it.
     tracker = serve.deployment(
         VideoTracker, name="VideoTracker",
         request_router_config=RequestRouterConfig(request_router_class=SessionRouter),
-        **_options(t, gpu, retry, backbone_env)).bind(
+        **_options(t, gpu, retry, env)).bind(
         **model_kwargs, torch_threads=t.torch_threads, hydra_overrides=t.hydra_overrides,
         session_ttl_s=t.session_ttl_s, max_sessions=t.max_sessions)
-    ingress = serve.deployment(HTTPIngress, name="SAM2Ingress", **_options(a.ingress, False, retry, env)).bind(
+    ingress = serve.deployment(HTTPIngress, name="SAM2Ingress", **_options(a.ingress, False, retry, io_env)).bind(
         encoder=encoder, decoder=decoder, cache=cache, limits=a.limits.model_dump(), tracker=tracker,
         auth=a.auth.model_dump(), request_timeout_s=a.request_timeout_s, retry_after_s=retry)
     return ingress

@@ -1,8 +1,11 @@
-"""Model construction shared by the GPU deployments (kept out of __init__ so it runs in the replica, not at import)."""
+"""What the model deployments share: model construction (run in the replica, not at import) and idle memory trim."""
 
 from __future__ import annotations
 
+import asyncio
+import ctypes
 import os
+from typing import Optional
 
 import torch
 
@@ -20,3 +23,46 @@ def load_for_replica(model: str, checkpoint: str | None, device: str, dtype: str
     if loaded.device.type == "cpu":
         torch.set_num_threads(torch_threads or os.cpu_count() or 1)
     return loaded
+
+
+class IdleTrim:
+    """Hands memory that glibc keeps after large frees back to the OS once a replica has been idle a moment.
+
+    Model replicas allocate and free large activations on every call; glibc keeps the freed memory for reuse, so
+    resident memory creeps up under mixed load without being in use. ``malloc_trim(0)`` releases it, but costs
+    page faults on the next call's allocations, so it runs only after ``delay_s`` with no call in flight.
+    A no-op where glibc's ``malloc_trim`` does not exist.
+
+    Usage: ``async with self.idle_trim: ...`` around each call's work.
+    """
+
+    def __init__(self, delay_s: float = 1.0):
+        self.delay_s = delay_s
+        self.trims = 0
+        self._busy = 0
+        self._timer: Optional[asyncio.TimerHandle] = None
+        self._trim = _malloc_trim()
+
+    async def __aenter__(self) -> None:
+        self._busy += 1
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    async def __aexit__(self, *exc) -> None:
+        self._busy -= 1
+        if self._busy == 0 and self._trim is not None:
+            self._timer = asyncio.get_running_loop().call_later(self.delay_s, self._start_trim)
+
+    def _start_trim(self) -> None:
+        self._timer = None
+        if self._busy == 0:
+            self.trims += 1
+            asyncio.get_running_loop().run_in_executor(None, self._trim, 0)
+
+
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None

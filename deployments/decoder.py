@@ -10,7 +10,7 @@ from ray.exceptions import ObjectLostError, OwnerDiedError
 
 from common.errors import EmbeddingNotFound
 from common.types import EmbeddingRef, ImageEmbedding, MaskPrediction, ObjectPrompt
-from deployments.common import load_for_replica
+from deployments.common import IdleTrim, load_for_replica
 from models.amg import AmgParams, BatchMasks, decode_batch
 from models.image import ImageModel
 
@@ -29,6 +29,7 @@ class MaskDecoder:
         # One automatic-mask batch at a time: a batch already uses every torch thread of the replica, and running
         # several together would only multiply the peak memory of their full-resolution masks.
         self._amg_lock = asyncio.Lock()
+        self.idle_trim = IdleTrim()
 
     async def _embedding(self, emb: EmbeddingRef | ImageEmbedding) -> ImageEmbedding:
         if isinstance(emb, ImageEmbedding):
@@ -45,7 +46,8 @@ class MaskDecoder:
         """Masks per object; ``prompts`` are in pixels of the original image (see ``ObjectPrompt``)."""
         embedding = await self._embedding(emb)
         self.decodes += 1
-        return await asyncio.to_thread(self.model.decode, embedding, prompts, multimask_output)
+        async with self.idle_trim:
+            return await asyncio.to_thread(self.model.decode, embedding, prompts, multimask_output)
 
     async def segment_batch(self, emb: EmbeddingRef | ImageEmbedding, points, crop_box: tuple[int, int, int, int],
                             orig_hw: tuple[int, int], params: AmgParams) -> BatchMasks:
@@ -55,9 +57,10 @@ class MaskDecoder:
         original image of size ``orig_hw`` = (height, width). See ``models.amg.decode_batch``.
         """
         embedding = await self._embedding(emb)
-        async with self._amg_lock:
+        async with self.idle_trim, self._amg_lock:
             self.amg_batches += 1
             return await asyncio.to_thread(decode_batch, self.model, embedding, points, crop_box, orig_hw, params)
 
     def stats(self) -> dict:
-        return {"decodes": self.decodes, "amg_batches": self.amg_batches, "pid": os.getpid()}
+        return {"decodes": self.decodes, "amg_batches": self.amg_batches, "trims": self.idle_trim.trims,
+                "pid": os.getpid()}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+
 import ray
 from ray import serve
 
@@ -25,12 +27,15 @@ class ImageEncoder:
         self.encode.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self.images_encoded = 0
         self.batches = 0
+        self.forward_s = 0.0
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.02)
     async def encode(self, requests: list[EncodeRequest]) -> list[EmbeddingRef]:
         """Encode a batch (Serve gathers concurrent single-image calls into ``requests``)."""
+        start = time.perf_counter()
         embeddings = await asyncio.to_thread(
             self.model.encode, [r.rgb for r in requests], [r.image_id for r in requests])
+        self.forward_s += time.perf_counter() - start
         self.images_encoded += len(requests)
         self.batches += 1
         return [EmbeddingRef(e.image_id, e.orig_hw, e.nbytes, ray.put(e)) for e in embeddings]
@@ -42,5 +47,5 @@ class ImageEncoder:
                 "dtype": loaded.dtype, "image_size": self.model.image_size}
 
     def stats(self) -> dict:
-        """Counters for tests and monitoring: images encoded and forward passes run by this replica."""
-        return {"images_encoded": self.images_encoded, "batches": self.batches}
+        """Counters for tests and monitoring: images encoded, forward passes, and seconds spent in them."""
+        return {"images_encoded": self.images_encoded, "batches": self.batches, "forward_s": self.forward_s}

@@ -1,8 +1,9 @@
-"""Ingress: the HTTP API (FastAPI) and the Python handle API, composing encoder, cache and decoder.
+"""Ingress: the HTTP routes and the Python handle API, composing encoder, cache, decoder and tracker.
 
-It owns everything about the outside world: reading and validating requests, decoding uploaded images,
-grouping prompts into objects, encoding masks as PNG/RLE, and mapping domain errors to HTTP statuses (once,
-here). Model work happens in the other deployments, reached through ``DeploymentHandle``s.
+It owns everything about the outside world: validating requests, decoding uploaded images and probing videos,
+grouping prompts into objects, encoding masks as PNG/RLE. Model work happens in the other deployments, reached
+through ``DeploymentHandle``s. The FastAPI app, body parsing and the mapping of errors to HTTP statuses are in
+``deployments.http``.
 """
 
 from __future__ import annotations
@@ -10,15 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from typing import Any, Optional
 
 import numpy as np
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
+from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import ValidationError
 import ray
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -26,207 +23,18 @@ from ray.serve.handle import DeploymentHandle
 from common import schemas
 from common.auth import ApiKeys
 from common.config import Limits
-from common.errors import (EmbeddingNotFound, InvalidRequest, InvalidVideo, LimitExceeded, Overloaded,
-                           PayloadTooLarge, ReplicaUnavailable, RequestTimeout, ServiceError, SessionGone,
-                           UnsupportedMediaType)
+from common.errors import EmbeddingNotFound, InvalidRequest, InvalidVideo, LimitExceeded, ServiceError, SessionGone
 from common.images import as_rgb_array, b64decode, image_id as content_id
 from common.prompts import to_objects
 from common.responses import predict_json, regions_from_predictions
 from common.types import EmbeddingRef, EncodeRequest, PredictResult
 from common.video_prompts import frame_json, generate_prompts, regions_to_prompts
 from common.videos import TrackedFrame, b64decode_video, probe_video
+from deployments.http import Guard, app, as_service_error, body_doc, body_fields, dump, request_id, validate
 from deployments.web import add_web_routes
 from models import amg
 
 logger = logging.getLogger("ray.serve")
-
-app = FastAPI(
-    title="sam2-serve",
-    description="SAM 2.1 served: prompted masks (predict), automatic masks (segment_anything), video tracking.",
-    version="0.1.0",
-    responses={400: {"model": schemas.ErrorResponse}, 404: {"model": schemas.ErrorResponse},
-               413: {"model": schemas.ErrorResponse}, 422: {"model": schemas.ErrorResponse}},
-)
-
-
-def _request_id() -> Optional[str]:
-    try:
-        return serve.context._get_serve_request_context().request_id or None
-    except Exception:
-        return None
-
-
-def _error_response(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, "request_id": _request_id()}}, status_code=status,
-                        headers=headers)
-
-
-def _as_service_error(exc: BaseException, retry_after_s: float = 1.0) -> Optional[ServiceError]:
-    """A Ray/Serve failure of a call to another deployment -> the retryable 503 the client gets (None: not one).
-
-    Backpressure (a deployment's ``max_queued_requests`` reached) and a replica that died or became unreachable
-    mid-request are both transient: nothing was stored, Serve sheds or replaces, and the same request can be sent
-    again after ``Retry-After``. A ``RayTaskError`` wrapping one of these is an instance of it too.
-    """
-    from ray.exceptions import (NodeDiedError, ObjectLostError, OutOfMemoryError, RayActorError,
-                                WorkerCrashedError)
-    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
-
-    if isinstance(exc, ServiceError):
-        return exc
-    if isinstance(exc, BackPressureError):
-        err = Overloaded("the service is at capacity (a model deployment's queue is full); retry after the "
-                         "Retry-After delay, or send fewer requests at once")
-        err.retry_after_s = exc.retry_after_s if exc.retry_after_s is not None else retry_after_s
-        return err
-    if isinstance(exc, (RayActorError, ReplicaUnavailableError, WorkerCrashedError, ObjectLostError, OutOfMemoryError,
-                        NodeDiedError)):  # OutOfMemoryError: Ray's memory monitor killed the replica
-        logger.warning("request %s: a replica it used was lost (%s)", _request_id(), type(exc).__name__)
-        err = ReplicaUnavailable("a replica serving this request stopped and is being replaced; nothing was kept: "
-                                 "retry the same request after the Retry-After delay")
-        err.retry_after_s = max(retry_after_s, ReplicaUnavailable.retry_after_s)
-        return err
-    if isinstance(exc, DeploymentUnavailableError):
-        err = ReplicaUnavailable(f"a model deployment is unavailable ({exc.message}); see `serve status`")
-        err.retry_after_s = max(retry_after_s, 10.0)
-        return err
-    if isinstance(exc, asyncio.TimeoutError):
-        return RequestTimeout("the request took longer than the service's request_timeout_s and was cancelled; "
-                              "ask for less work (fewer points, frames or crop layers) or raise the limit")
-    return None
-
-
-@app.exception_handler(ServiceError)
-async def _service_error(_: Request, exc: ServiceError):
-    return _error_response(exc.status, exc.code, exc.message, exc.headers())
-
-
-@app.exception_handler(RequestValidationError)
-async def _validation_error(_: Request, exc: RequestValidationError):
-    return _error_response(400, "invalid_request", _describe(exc.errors()))
-
-
-@app.exception_handler(Exception)
-async def _unexpected(_: Request, exc: Exception):
-    mapped = _as_service_error(exc)
-    if mapped is not None:
-        return _error_response(mapped.status, mapped.code, mapped.message, mapped.headers())
-    logger.exception("request %s failed with an unexpected error", _request_id())
-    return _error_response(500, "internal_error", "internal error; quote the request_id when reporting it")
-
-
-class _GuardedRoute(APIRoute):
-    """Every API route: API-key check (before the body is read), the request timeout, Ray failures mapped to
-    retryable errors, and one log line with the request id and sizes (never the content).
-
-    ``/healthz`` stays open. Settings come from the replica's ingress instance (``_Guard.of``).
-    """
-
-    OPEN_PATHS = frozenset({"/healthz"})
-
-    def get_route_handler(self):
-        handler = super().get_route_handler()
-        is_open = self.path in self.OPEN_PATHS
-
-        async def guarded(request: Request):
-            guard = _Guard.of(request)
-            start, status, out_bytes = time.perf_counter(), 500, None
-            try:
-                if guard is not None and not is_open:
-                    guard.api_keys.check(request.headers.get("authorization"))
-                timeout = guard.request_timeout_s if guard is not None else None
-                try:
-                    response = await asyncio.wait_for(handler(request), timeout)
-                except Exception as exc:
-                    mapped = _as_service_error(exc, guard.retry_after_s if guard is not None else 1.0)
-                    if mapped is None or mapped is exc:
-                        raise
-                    raise mapped from None
-                status = response.status_code
-                out_bytes = len(response.body) if hasattr(response, "body") else None  # None: streamed
-                return response
-            except ServiceError as exc:
-                status = exc.status
-                raise
-            finally:
-                if not is_open:
-                    logger.info("request %s %s %s: status %s, body %s bytes in, %s bytes out, %.0f ms",
-                                _request_id(), request.method, self.path, status,
-                                getattr(request.state, "body_bytes", request.headers.get("content-length", 0)),
-                                out_bytes if out_bytes is not None else ("stream" if status < 400 else "-"),
-                                1000 * (time.perf_counter() - start))
-
-        return guarded
-
-
-class _Guard:
-    """Per-replica request settings read by ``_GuardedRoute``."""
-
-    def __init__(self, api_keys: ApiKeys, request_timeout_s: Optional[float], retry_after_s: float):
-        self.api_keys, self.request_timeout_s, self.retry_after_s = api_keys, request_timeout_s, retry_after_s
-
-    @staticmethod
-    def of(request: Request) -> Optional["_Guard"]:
-        """The serving ingress's settings. In a replica the FastAPI app is a copy of this module's ``app`` (Serve
-        ships it pickled), so they are read from the replica's instance; ``app.state`` serves in-process use."""
-        try:
-            return serve.get_replica_context().servable_object.guard
-        except Exception:
-            return getattr(request.app.state, "guard", None)
-
-
-app.router.route_class = _GuardedRoute
-
-
-def _describe(errors: list[dict]) -> str:
-    """Pydantic errors -> one line naming each bad field, e.g. ``regions.0.point: List should have ...``."""
-    parts = []
-    for e in errors[:5]:
-        loc = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body",))
-        msg = e.get("msg", "invalid").removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(parts)
-
-
-def _validate(model: type, data: Any):
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise InvalidRequest(_describe(exc.errors())) from None
-
-
-def _body_doc(model: type) -> dict:
-    """OpenAPI for a route that reads JSON or multipart itself (``curl -F image=@x.jpg`` works too)."""
-    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
-    return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": ref},
-        "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
-            "image": {"type": "string", "format": "binary"},
-            "options": {"type": "string", "description": f"the other fields of {model.__name__} as a JSON object; "
-                                                          "or send them as separate form fields"}}}},
-    }}}
-
-
-_BODY_MODELS: list[type] = [schemas.PredictRequest, schemas.EmbedRequest, schemas.SegmentAnythingRequest,
-                            schemas.GenerateRequest, schemas.SessionCreateRequest, schemas.SessionPromptRequest,
-                            schemas.PropagateRequest]
-
-
-def _openapi() -> dict:
-    """FastAPI's schema plus the request bodies that routes parse themselves (see ``_body_doc``)."""
-    if app.openapi_schema is None:
-        schema = _fastapi_openapi()
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in _BODY_MODELS:
-            js = model.model_json_schema(ref_template="#/components/schemas/{model}")
-            components.update(js.pop("$defs", {}))
-            components[model.__name__] = js
-        app.openapi_schema = schema
-    return app.openapi_schema
-
-
-_fastapi_openapi = app.openapi
-app.openapi = _openapi
 
 
 class SAM2Ingress:
@@ -240,7 +48,7 @@ class SAM2Ingress:
         self.limits = Limits.model_validate(limits or {})
         # Keys are read here, in the replica (its environment, its mounted files); a misconfiguration fails start-up.
         self.api_keys = ApiKeys.load(auth)
-        self.guard = app.state.guard = _Guard(self.api_keys, request_timeout_s, retry_after_s)
+        self.guard = app.state.guard = Guard(self.api_keys, request_timeout_s, retry_after_s)
         logger.info("API-key authentication is %s", f"on ({len(self.api_keys)} key(s))" if self.api_keys.enabled
                     else "off (set SAM2_SERVE_API_KEY or auth.api_key_file to turn it on)")
         self._inflight: dict[str, asyncio.Future] = {}
@@ -350,60 +158,9 @@ class SAM2Ingress:
         masks = await asyncio.to_thread(amg.merge, crops, per_crop, params)
         return amg.AmgResult(image_id, int(w), int(h), masks, amg.batch_stats(per_crop))
 
-    async def _read_body(self, request: Request) -> bytes:
-        limit = self.limits.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(f"the request body is {declared} bytes; the limit is {limit} bytes")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"the request body is over the limit of {limit} bytes")
-            chunks.append(chunk)
-        body = b"".join(chunks)
-        request._body = body  # lets request.form() parse what was already read
-        request.state.body_bytes = size
-        return body
-
-    async def _body_fields(self, request: Request, file_field: str, max_fields: int):
-        """A JSON object or a multipart form -> (fields or None for an empty body, uploaded file bytes, multipart?).
-
-        Multipart text fields are JSON-decoded where they parse (``regions``, booleans); ``options`` may carry the
-        other fields as one JSON object; the file comes from the ``file_field`` part.
-        """
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        body = await self._read_body(request)
-        if ctype == "multipart/form-data":
-            form = await request.form(max_files=1, max_fields=max_fields)
-            fields: dict[str, Any] = {}
-            upload = None
-            for key, value in form.multi_items():
-                if key == file_field and hasattr(value, "read"):
-                    upload = await value.read()
-                elif key == "options":
-                    fields.update(_json_field(key, value, dict))
-                elif key == "image_id" and file_field == "image":
-                    fields["image"] = {"image_id": value}
-                else:
-                    fields[key] = value if key == "mask_format" else _json_field(key, value)
-            return fields, upload, True
-        if ctype not in ("application/json", ""):
-            raise UnsupportedMediaType(f"content-type {ctype!r} is not accepted; send application/json "
-                                       "or multipart/form-data")
-        if not body:
-            return None, None, False
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidRequest(f"the body is not valid JSON ({exc})") from None
-        if not isinstance(data, dict):
-            raise InvalidRequest("the body must be a JSON object with the fields of the request")
-        return data, None, False
-
     async def _parse(self, request: Request, model: type):
         """JSON body or multipart form -> (validated request model, uploaded image bytes or None)."""
-        fields, upload, multipart = await self._body_fields(request, "image", max_fields=16)
+        fields, upload, multipart = await body_fields(request, "image", 16, self.limits.max_body_bytes)
         if fields is None:
             raise InvalidRequest("the request body is empty; send a JSON object")
         if multipart:
@@ -411,7 +168,7 @@ class SAM2Ingress:
                 raise InvalidRequest("multipart requests need an 'image' file field (curl -F image=@photo.jpg)")
             if upload is not None:
                 fields["image"] = {"image_id": "upload"}  # placeholder satisfying the schema; the file wins
-        return _validate(model, fields), upload
+        return validate(model, fields), upload
 
     @staticmethod
     def _image_arg(req, upload: Optional[bytes]):
@@ -432,7 +189,7 @@ class SAM2Ingress:
     async def http_models(self):
         return [await self.encoder.info.remote()]
 
-    @app.post("/v1/predict", response_model=schemas.PredictResponse, openapi_extra=_body_doc(schemas.PredictRequest))
+    @app.post("/v1/predict", response_model=schemas.PredictResponse, openapi_extra=body_doc(schemas.PredictRequest))
     async def http_predict(self, request: Request):
         req, upload = await self._parse(request, schemas.PredictRequest)
         image, image_id = self._image_arg(req, upload)
@@ -440,14 +197,14 @@ class SAM2Ingress:
         return JSONResponse(await asyncio.to_thread(predict_json, result, req.mask_format.value))
 
     @app.post("/v1/segment_anything", response_model=schemas.SegmentAnythingResponse,
-              openapi_extra=_body_doc(schemas.SegmentAnythingRequest))
+              openapi_extra=body_doc(schemas.SegmentAnythingRequest))
     async def http_segment_anything(self, request: Request):
         req, upload = await self._parse(request, schemas.SegmentAnythingRequest)
         image, image_id = self._image_arg(req, upload)
         result = await self._segment_anything(image, req, image_id)
         return JSONResponse(await asyncio.to_thread(amg.result_json, result, req.mask_format.value))
 
-    @app.post("/v1/embed", response_model=schemas.EmbedResponse, openapi_extra=_body_doc(schemas.EmbedRequest))
+    @app.post("/v1/embed", response_model=schemas.EmbedResponse, openapi_extra=body_doc(schemas.EmbedRequest))
     async def http_embed(self, request: Request):
         req, upload = await self._parse(request, schemas.EmbedRequest)
         image, image_id = self._image_arg(req, upload)
@@ -465,9 +222,9 @@ class SAM2Ingress:
         """
         if (image is None) == (image_id is None):
             raise InvalidRequest("give exactly one of image or image_id")
-        options = _validate(schemas.PredictRequest, {
+        options = validate(schemas.PredictRequest, {
             "image": {"image_id": image_id or "inline"},
-            "regions": _dump(regions), "dict_inputs": _dump(dict_inputs),
+            "regions": dump(regions), "dict_inputs": dump(dict_inputs),
             "multimask_output": multimask_output, "denormalize_coord": denormalize_coord})
         return await self._predict(image, options, image_id)
 
@@ -481,7 +238,7 @@ class SAM2Ingress:
         """
         if (image is None) == (image_id is None):
             raise InvalidRequest("give exactly one of image or image_id")
-        options = _validate(schemas.SegmentAnythingOptions, params)
+        options = validate(schemas.SegmentAnythingOptions, params)
         return await self._segment_anything(image, options, image_id)
 
     async def embed(self, image: Any = None, image_id: Optional[str] = None) -> dict:
@@ -520,18 +277,18 @@ class SAM2Ingress:
 
     async def _parse_video(self, request: Request, model: type, need_video: bool = True):
         """JSON (``video.base64``) or multipart (a ``video`` file plus JSON-valued fields) -> (request, bytes)."""
-        fields, upload, multipart = await self._body_fields(request, "video", max_fields=32)
+        fields, upload, multipart = await body_fields(request, "video", 32, self.limits.max_body_bytes)
         if fields is None:
             if not need_video:
-                return _validate(model, {}), None
+                return validate(model, {}), None
             raise InvalidRequest("the request body is empty; send a JSON object")
         if multipart:
             if upload is None and need_video:
                 raise InvalidRequest("multipart requests need a 'video' file field (curl -F video=@clip.mp4)")
             if upload is not None:
                 fields["video"] = {"base64": ""}  # placeholder satisfying the schema; the file wins
-            return _validate(model, fields), upload
-        req = _validate(model, fields)
+            return validate(model, fields), upload
+        req = validate(model, fields)
         video = getattr(req, "video", None)
         return req, (await asyncio.to_thread(b64decode_video, video.base64) if video is not None else None)
 
@@ -553,14 +310,14 @@ class SAM2Ingress:
             async for frame in frames:
                 yield json.dumps(await asyncio.to_thread(frame_json, frame, mask_format)) + "\n"
         except Exception as exc:
-            mapped = _as_service_error(exc)  # a ServiceError, or a lost replica: a retryable error line
+            mapped = as_service_error(exc)  # a ServiceError, or a lost replica: a retryable error line
             if mapped is not None:
                 retry = {} if mapped.retry_after_s is None else {"retry_after_s": mapped.retry_after_s}
                 yield json.dumps({**mapped.to_dict(), **retry}) + "\n"
                 return
-            logger.exception("stream %s failed", _request_id())
+            logger.exception("stream %s failed", request_id())
             yield json.dumps({"error": {"code": "internal_error", "message": "the stream failed; quote the "
-                                        "request_id when reporting it", "request_id": _request_id()}}) + "\n"
+                                        "request_id when reporting it", "request_id": request_id()}}) + "\n"
         finally:
             frames.cancel()  # client gone or stream over: stop the tracker's work
 
@@ -574,14 +331,14 @@ class SAM2Ingress:
             raise
         return StreamingResponse(self._ndjson(first, frames, mask_format), media_type="application/x-ndjson")
 
-    @app.post("/v1/generate", response_class=StreamingResponse, openapi_extra=_body_doc(schemas.GenerateRequest),
+    @app.post("/v1/generate", response_class=StreamingResponse, openapi_extra=body_doc(schemas.GenerateRequest),
               responses={200: {"content": {"application/x-ndjson": {"schema": schemas.FrameOut.model_json_schema()}},
                                "description": "One JSON object per tracked frame, in order."}})
     async def http_generate(self, request: Request):
         req, video = await self._parse_video(request, schemas.GenerateRequest)
         return await self._stream_response(await self._generate(video, req), req.mask_format.value)
 
-    @app.post("/v1/sessions", response_model=schemas.SessionOut, openapi_extra=_body_doc(schemas.SessionCreateRequest))
+    @app.post("/v1/sessions", response_model=schemas.SessionOut, openapi_extra=body_doc(schemas.SessionCreateRequest))
     async def http_create_session(self, request: Request):
         req, video = await self._parse_video(request, schemas.SessionCreateRequest)
         return await self.create_session(video, req.ttl_s)
@@ -591,14 +348,14 @@ class SAM2Ingress:
         return await self._session_call(session_id, "session_info")
 
     @app.post("/v1/sessions/{session_id}/prompts", response_model=schemas.FrameOut,
-              openapi_extra=_body_doc(schemas.SessionPromptRequest))
+              openapi_extra=body_doc(schemas.SessionPromptRequest))
     async def http_session_prompts(self, session_id: str, request: Request):
         req, _ = await self._parse_video(request, schemas.SessionPromptRequest)
         frame = await self._session_prompts(session_id, req)
         return JSONResponse(await asyncio.to_thread(frame_json, frame, req.mask_format.value))
 
     @app.post("/v1/sessions/{session_id}/propagate", response_class=StreamingResponse,
-              openapi_extra=_body_doc(schemas.PropagateRequest))
+              openapi_extra=body_doc(schemas.PropagateRequest))
     async def http_session_propagate(self, session_id: str, request: Request):
         req, _ = await self._parse_video(request, schemas.PropagateRequest, need_video=False)
         frames = self._tracker(session_id).options(stream=True).propagate.remote(
@@ -629,8 +386,8 @@ class SAM2Ingress:
         ``frames`` / ``list_dict_inputs``: as over HTTP (dicts or ``common.schemas`` models). Yields one
         ``TrackedFrame`` per frame (``.objects[i].mask``: bool (H, W)); ``with_logits`` adds low-res logits.
         """
-        req = _validate(schemas.GenerateRequest, {
-            "video": {"base64": ""}, "frames": _dump(frames), "list_dict_inputs": _dump(list_dict_inputs),
+        req = validate(schemas.GenerateRequest, {
+            "video": {"base64": ""}, "frames": dump(frames), "list_dict_inputs": dump(list_dict_inputs),
             "start_frame": start_frame, "max_frames": max_frames, "denormalize_coord": denormalize_coord})
         stream = await self._generate(video, req, with_logits)
         try:
@@ -653,8 +410,8 @@ class SAM2Ingress:
     async def add_prompts(self, session_id: str, index: int, regions: Any, clear_old_points: bool = True,
                           denormalize_coord: bool = True) -> TrackedFrame:
         """Prompts on frame ``index`` (regions as over HTTP); that frame's masks for every object."""
-        req = _validate(schemas.SessionPromptRequest, {
-            "index": index, "regions": _dump(regions), "clear_old_points": clear_old_points,
+        req = validate(schemas.SessionPromptRequest, {
+            "index": index, "regions": dump(regions), "clear_old_points": clear_old_points,
             "denormalize_coord": denormalize_coord})
         return await self._session_prompts(session_id, req)
 
@@ -691,29 +448,6 @@ def _crop_images(rgb: np.ndarray, crops: list) -> list[tuple[np.ndarray, str]]:
         pixels = np.ascontiguousarray(rgb[y0:y1, x0:x1])
         out.append((pixels, content_id(pixels)))
     return out
-
-
-def _dump(value):
-    if value is None:
-        return None
-    if isinstance(value, list):
-        return [_dump(v) for v in value]
-    return value.model_dump() if hasattr(value, "model_dump") else value
-
-
-def _json_field(key: str, value: Any, expect: type | None = None):
-    """A multipart text field: JSON when it parses (``regions``, booleans), else the string itself."""
-    if hasattr(value, "read"):
-        raise InvalidRequest(f"form field {key!r} must be text, not a file")
-    try:
-        parsed = json.loads(value)
-    except ValueError:
-        if expect is not None:
-            raise InvalidRequest(f"form field {key!r} must be a JSON object") from None
-        return value
-    if expect is not None and not isinstance(parsed, expect):
-        raise InvalidRequest(f"form field {key!r} must be a JSON object")
-    return parsed
 
 
 add_web_routes(app)  # the browser page at / (deployments/web.py), public; the /v1 API it calls keeps auth

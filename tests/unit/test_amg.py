@@ -258,7 +258,7 @@ def test_rle_is_pycocotools_column_major():
 def test_options_name_the_field_and_range(field, value, expected):
     from common.errors import InvalidRequest
     from common.schemas import SegmentAnythingOptions
-    from deployments.ingress import _validate
+    from deployments.http import validate as _validate
 
     with pytest.raises(InvalidRequest) as err:
         _validate(SegmentAnythingOptions, {field: value})

@@ -155,13 +155,13 @@ def test_ingress_refuses_to_start_misconfigured(ingress_app, tmp_path):
 
 def _guarded_app(exc: BaseException | None = None, sleep_s: float = 0.0, timeout_s: float | None = None):
     """A FastAPI app whose one route uses the ingress's route class and error handlers."""
-    import deployments.ingress as ingress
+    import deployments.http as http
 
     app = FastAPI()
-    app.router.route_class = ingress._GuardedRoute
-    for exc_class, handler in ingress.app.exception_handlers.items():
+    app.router.route_class = http.GuardedRoute
+    for exc_class, handler in http.app.exception_handlers.items():
         app.add_exception_handler(exc_class, handler)
-    app.state.guard = ingress._Guard(ApiKeys([]), timeout_s, retry_after_s=3)
+    app.state.guard = http.Guard(ApiKeys([]), timeout_s, retry_after_s=3)
 
     @app.post("/work")
     async def work():

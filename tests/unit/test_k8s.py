@@ -253,6 +253,36 @@ def test_http_path_reaches_serve(directory, built):
         assert backends == [{"name": f"{rs['metadata']['name']}-serve-svc", "port": {"number": port}}]
 
 
+def _matches(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=_id)
+def test_network_policy_closes_ray_ports(directory, built):
+    """Every Ray pod is selected by the NetworkPolicy; Ray's ports admit only Ray pods (and the operator on the
+    dashboard port); the Serve port is the one port open to everyone."""
+    objects = built[_id(directory)]
+    rs = _rayservice(objects)
+    (policy,) = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    pods = [t.get("metadata", {}).get("labels", {}) for t in _pod_templates(rs)]
+    assert len(pods) >= 2 and all(_matches(spec["podSelector"], labels) for labels in pods)
+    serve_port = _serve_v2(rs)["http_options"]["port"]
+    for rule in spec["ingress"]:
+        ports = {p["port"] for p in rule.get("ports", [])}
+        peers = rule.get("from")
+        if peers is None:  # open to every source: only the API port
+            assert ports == {serve_port}, rule
+        elif not ports:  # every port: only from pods of this service's Ray clusters
+            assert peers and all(set(p) == {"podSelector"} and any(_matches(p["podSelector"], labels)
+                                                                     for labels in pods) for p in peers), rule
+        else:
+            assert ports == {8265}, rule  # the operator talks to the dashboard
+            assert all(p["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "kuberay-operator"}
+                       for p in peers), rule
+
+
 # ---- serveConfigV2: one source of truth --------------------------------------------------------------------------
 
 def test_generated_files_are_up_to_date():
