@@ -55,7 +55,9 @@ class EncoderPlacement(Placement):
     num_cpus: float = 0.5
     num_gpus: float = 0.5
     max_queued_requests: int = 32
-    max_batch_size: int = Field(4, gt=0, description="Images per encoder forward pass.")
+    max_batch_size: int = Field(4, gt=0, description="Images per encoder forward pass on a GPU.")
+    cpu_max_batch_size: int = Field(1, gt=0, description="Images per forward pass when the model runs on the CPU, "
+                                    "where batching is slower per image (BENCHMARKS.md, predict).")
     batch_wait_timeout_s: float = Field(0.02, ge=0, description="How long a batch waits to fill.")
 
 
@@ -142,7 +144,7 @@ def build_app(args: AppArgs) -> Application:
     io_env = {**IO_MALLOC_ENV, **env}
     encoder = serve.deployment(ImageEncoder, name="ImageEncoder",
                                **_options(a.encoder, gpu, retry, env)).bind(
-        **model_kwargs, max_batch_size=a.encoder.max_batch_size,
+        **model_kwargs, max_batch_size=a.encoder.max_batch_size, cpu_max_batch_size=a.encoder.cpu_max_batch_size,
         batch_wait_timeout_s=a.encoder.batch_wait_timeout_s, torch_threads=a.encoder.torch_threads)
     decoder = serve.deployment(MaskDecoder, name="MaskDecoder", **_options(a.decoder, gpu, retry, env)).bind(
         **model_kwargs, torch_threads=a.decoder.torch_threads)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from typing import Sequence
 
@@ -10,7 +9,7 @@ from ray.exceptions import ObjectLostError, OwnerDiedError
 
 from common.errors import EmbeddingNotFound
 from common.types import EmbeddingRef, ImageEmbedding, MaskPrediction, ObjectPrompt
-from deployments.common import IdleTrim, load_for_replica
+from deployments.common import IdleTrim, TorchThread, load_for_replica
 from models.amg import AmgParams, BatchMasks, decode_batch
 from models.image import ImageModel
 
@@ -20,15 +19,15 @@ class MaskDecoder:
 
     def __init__(self, model: str, checkpoint: str | None = None, device: str = "auto", dtype: str = "float32",
                  torch_threads: int | None = None):
-        loaded = load_for_replica(model, checkpoint, device, dtype, torch_threads)
+        self.torch = TorchThread()
+        loaded = self.torch.call(load_for_replica, model, checkpoint, device, dtype, torch_threads)
         # The decoder never runs the backbone: drop its weights (most of the model) from this replica.
         loaded.model.image_encoder = None
         self.model = ImageModel(loaded)
         self.decodes = 0
         self.amg_batches = 0
-        # One automatic-mask batch at a time: a batch already uses every torch thread of the replica, and running
-        # several together would only multiply the peak memory of their full-resolution masks.
-        self._amg_lock = asyncio.Lock()
+        # Clicks and automatic-mask batches take turns on the one torch thread (in arrival order): one batch at a
+        # time uses every core, and batches run together would only multiply the peak memory of their masks.
         self.idle_trim = IdleTrim()
 
     async def _embedding(self, emb: EmbeddingRef | ImageEmbedding) -> ImageEmbedding:
@@ -47,7 +46,7 @@ class MaskDecoder:
         embedding = await self._embedding(emb)
         self.decodes += 1
         async with self.idle_trim:
-            return await asyncio.to_thread(self.model.decode, embedding, prompts, multimask_output)
+            return await self.torch.run(self.model.decode, embedding, prompts, multimask_output)
 
     async def segment_batch(self, emb: EmbeddingRef | ImageEmbedding, points, crop_box: tuple[int, int, int, int],
                             orig_hw: tuple[int, int], params: AmgParams) -> BatchMasks:
@@ -57,9 +56,9 @@ class MaskDecoder:
         original image of size ``orig_hw`` = (height, width). See ``models.amg.decode_batch``.
         """
         embedding = await self._embedding(emb)
-        async with self.idle_trim, self._amg_lock:
+        async with self.idle_trim:
             self.amg_batches += 1
-            return await asyncio.to_thread(decode_batch, self.model, embedding, points, crop_box, orig_hw, params)
+            return await self.torch.run(decode_batch, self.model, embedding, points, crop_box, orig_hw, params)
 
     def stats(self) -> dict:
         return {"decodes": self.decodes, "amg_batches": self.amg_batches, "trims": self.idle_trim.trims,

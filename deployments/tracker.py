@@ -1,7 +1,7 @@
 """VideoTracker: stateful video tracking. Streams ``generate`` frames and holds interactive sessions.
 
 Each stream and each session owns its own tracking state; the model weights are shared and hold none, so
-concurrent streams run side by side (each step in a worker thread) with no global lock. A session's calls are
+concurrent streams take turns frame by frame on the replica's torch thread, with no lock held across a stream. A session's calls are
 serialized by that session's own lock.
 
 Sessions live on the replica that created them. Their ids carry that replica's id, and ``SessionRouter`` (set as
@@ -27,7 +27,7 @@ from ray.serve._private.request_router.replica_wrapper import RunningReplica
 
 from common.errors import InvalidRequest, LimitExceeded, NotFound, SessionGone, SessionNotFound
 from common.videos import FrameReader, TrackedFrame, VideoInfo, VideoObjectPrompt
-from deployments.common import load_for_replica
+from deployments.common import TorchThread, load_for_replica
 
 logger = logging.getLogger("ray.serve")
 
@@ -89,8 +89,9 @@ class VideoTracker:
                  session_ttl_s: float = 600.0, max_sessions: int = 8):
         from models.video import VideoModel
 
-        loaded = load_for_replica(model, checkpoint, device, dtype, torch_threads, video=True,
-                                  hydra_overrides=list(hydra_overrides))
+        self.torch = TorchThread()
+        loaded = self.torch.call(load_for_replica, model, checkpoint, device, dtype, torch_threads, video=True,
+                                 hydra_overrides=list(hydra_overrides))
         self.model = VideoModel(loaded)
         self.session_ttl_s = float(session_ttl_s)
         self.max_sessions = int(max_sessions)
@@ -104,7 +105,7 @@ class VideoTracker:
     # ---- generate ---------------------------------------------------------------------------------------------
 
     async def _stream(self, iterator, on_close) -> AsyncIterator[TrackedFrame]:
-        """Drive a blocking frame iterator one step per worker thread; stop at once when the caller goes away.
+        """Drive a blocking frame iterator one step at a time on the torch thread; stop at once when the caller goes away.
 
         On cancellation (client disconnected) the frame in flight finishes in its thread and nothing further is
         computed; resources are released after that step, never under it.
@@ -113,7 +114,7 @@ class VideoTracker:
         pending = None
         try:
             while True:
-                pending = asyncio.ensure_future(asyncio.to_thread(_next, iterator))
+                pending = self.torch.submit(_next, iterator)
                 frame = await asyncio.shield(pending)
                 pending = None
                 if frame is None:
@@ -185,11 +186,10 @@ class VideoTracker:
         return {"session_id": session_id, "width": info.width, "height": info.height,
                 "num_frames": info.num_frames, "fps": info.fps, "ttl_s": ttl}
 
-    @staticmethod
-    async def _in_thread(fn, *args):
-        """Run a session step in a worker thread; if the caller is cancelled, the step still completes before the
+    async def _in_thread(self, fn, *args):
+        """Run a session step on the torch thread; if the caller is cancelled, the step still completes before the
         session's lock is released, so the next call never runs beside it."""
-        fut = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        fut = self.torch.submit(fn, *args)
         try:
             return await asyncio.shield(fut)
         except asyncio.CancelledError:

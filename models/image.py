@@ -93,17 +93,15 @@ class ImageModel:
         out = []
         with self.loaded.autocast():
             for prompt in prompts:
-                masks, scores, logits = view.predict(
-                    point_coords=prompt.point_coords,
-                    point_labels=prompt.point_labels,
-                    box=prompt.box,
-                    mask_input=mask_input,
-                    multimask_output=multimask_output,
-                )
+                # Upstream's ``predict`` minus its last step, which turns the full-size boolean masks into float32
+                # arrays (that callers threshold again): here they stay boolean, ~4 ms less a click at 1800x1200.
+                mask_in, coords, labels, box = view._prep_prompts(
+                    prompt.point_coords, prompt.point_labels, prompt.box, mask_input, normalize_coords=True)
+                masks, scores, logits = view._predict(coords, labels, box, mask_in, multimask_output)
                 out.append(MaskPrediction(
-                    masks=masks.astype(bool),
-                    scores=scores.astype(np.float32),
-                    low_res_logits=logits.astype(np.float32),
+                    masks=masks.squeeze(0).cpu().numpy(),
+                    scores=scores.squeeze(0).float().cpu().numpy(),
+                    low_res_logits=logits.squeeze(0).float().cpu().numpy(),
                     track_id=prompt.track_id,
                 ))
         return out

@@ -27,6 +27,8 @@ def app_args(checkpoint) -> dict:
             "limits": {"max_body_bytes": 16 << 20, "max_image_pixels": 5_000_000, "max_points": 16},
             # Two ingress replicas: a cached embedding must serve a click whichever replica takes it.
             "ingress": {"num_cpus": 0.1, "num_replicas": 2},
+            # Batching on the CPU too, so that tests see concurrent images share forward passes.
+            "encoder": {"cpu_max_batch_size": 4},
             # Two tracker replicas (session routing); 256-pixel input so a frame takes ~0.25 s; few sessions each.
             "tracker": {"num_cpus": 0.5, "num_replicas": 2, "hydra_overrides": ["++model.image_size=256"],
                         "max_sessions": 3, "session_ttl_s": 300}}

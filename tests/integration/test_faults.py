@@ -68,7 +68,7 @@ def faults(serve_app, tiny_checkpoint, tmp_path_factory):
     args = {"model": "sam2.1-hiera-tiny", "checkpoint": str(tiny_checkpoint), "device": "cpu",
             "cache_bytes": 64 << 20, "limits": LIMITS, "retry_after_s": 2, "request_timeout_s": 120,
             "auth": {"api_key_env": None, "api_key_file": str(key_file), "required": True},
-            "encoder": {**small, "max_batch_size": 2},
+            "encoder": {**small, "cpu_max_batch_size": 2},
             # Short queues so that a burst overflows them: at most 2 + 2 decodes wait per caller.
             "decoder": {**small, "max_ongoing_requests": 2, "max_queued_requests": 2},
             "ingress": {**small, "max_ongoing_requests": 6, "max_queued_requests": 2},
