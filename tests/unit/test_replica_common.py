@@ -1,0 +1,47 @@
+"""deployments.common: the one torch thread per replica and the idle memory trim (no Ray needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from deployments.common import IdleTrim, TorchThread
+
+
+def test_torch_thread_runs_every_call_on_one_thread_in_order():
+    torch_thread = TorchThread()
+    order: list[int] = []
+
+    def work(i: int) -> int:
+        order.append(i)
+        return threading.get_ident()
+
+    loader_ident = torch_thread.call(threading.get_ident)  # what __init__ does with model loading
+
+    async def main():
+        return await asyncio.gather(*[torch_thread.run(work, i) for i in range(8)])
+
+    idents = asyncio.run(main())
+    assert set(idents) == {loader_ident} and loader_ident != threading.get_ident()
+    assert order == list(range(8))  # queued in arrival order: streams interleave step by step
+
+
+def test_idle_trim_runs_only_after_the_replica_is_idle():
+    trim = IdleTrim(delay_s=0.05)
+    assert trim._trim is not None, "glibc's malloc_trim should be found on Linux"
+
+    async def main():
+        async with trim:
+            async with trim:  # two calls in flight
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # one still in flight: no trim yet
+            assert trim.trims == 0
+        await asyncio.sleep(0.01)
+        assert trim.trims == 0  # idle, but not for delay_s yet
+        async with trim:  # a new call cancels the pending trim
+            await asyncio.sleep(0.1)
+            assert trim.trims == 0
+        await asyncio.sleep(0.2)
+        return trim.trims
+
+    assert asyncio.run(main()) == 1
