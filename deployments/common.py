@@ -4,10 +4,13 @@ replica's torch work, and idle memory trim."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import ctypes
 import functools
+import itertools
 import os
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
 from typing import Any, Callable, Optional
 
 import torch
@@ -32,26 +35,44 @@ class TorchThread:
     """The one thread that runs all of a replica's torch work: model loading, every forward pass, every step.
 
     Why one: on CPU each thread that enters a parallel region gets its own OpenMP team, so work spread over
-    asyncio's worker threads runs several teams on the same cores; and a thread other than the one that did the
-    first heavy compute ran a base-plus decoder pass ~15 % slower (measured: 60 ms here vs 70-80 ms in a replica
-    using ``asyncio.to_thread``). Calls queue here in arrival order, each one step (a batch, a frame), so
-    concurrent requests and streams interleave step by step; no lock is held across a stream.
+    asyncio's worker threads runs several teams on the same cores (slower for all of them). Jobs run one at a time,
+    interactive ones (``INTERACTIVE``: a click, a session prompt) before queued bulk steps (``BULK``: automatic-mask
+    batches, which run as many short steps), each priority in arrival order. No lock is held across a stream:
+    concurrent streams take turns, one frame per job.
     """
 
+    INTERACTIVE, BULK = 0, 1
+
     def __init__(self, name: str = "torch"):
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._jobs: queue.PriorityQueue = queue.PriorityQueue()
+        self._order = itertools.count()
+        threading.Thread(target=self._work, name=name, daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            _, _, future, fn = self._jobs.get()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except BaseException as exc:  # handed to the caller
+                    future.set_exception(exc)
+
+    def _submit(self, priority: int, fn: Callable[..., Any], args, kwargs) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._jobs.put((priority, next(self._order), future, functools.partial(fn, *args, **kwargs)))
+        return future
 
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``fn`` on the torch thread and wait (for ``__init__``, before the event loop serves requests)."""
-        return self._executor.submit(fn, *args, **kwargs).result()
+        return self._submit(self.INTERACTIVE, fn, args, kwargs).result()
 
-    async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def submit(self, fn: Callable[..., Any], *args: Any, priority: int = 0, **kwargs: Any) -> "asyncio.Future":
+        """Queue ``fn`` on the torch thread; an asyncio future of its result (shield it to outlive a cancel)."""
+        return asyncio.wrap_future(self._submit(priority, fn, args, kwargs))
+
+    async def run(self, fn: Callable[..., Any], *args: Any, priority: int = 0, **kwargs: Any) -> Any:
         """Run ``fn`` on the torch thread without blocking the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
-
-    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "asyncio.Future":
-        """Like ``run``, as a future (for callers that shield it from cancellation)."""
-        return asyncio.ensure_future(self.run(fn, *args, **kwargs))
+        return await self.submit(fn, *args, priority=priority, **kwargs)
 
 
 class IdleTrim:

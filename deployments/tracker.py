@@ -114,7 +114,7 @@ class VideoTracker:
         pending = None
         try:
             while True:
-                pending = self.torch.submit(_next, iterator)
+                pending = self.torch.submit(_next, iterator, priority=TorchThread.BULK)
                 frame = await asyncio.shield(pending)
                 pending = None
                 if frame is None:

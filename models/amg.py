@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -248,10 +248,32 @@ def decode_batch(model: "ImageModel", emb: "ImageEmbedding", points: np.ndarray,
             (~4 MB each per activation), so upstream's 64-prompt pass peaks near 2 GB; smaller passes bound that.
             Each prompt is decoded independently (outputs matched upstream's bit for bit in our tests).
     """
+    steps = decode_batch_steps(model, emb, points, crop_box, orig_hw, params, upsample_bytes, decoder_points)
+    while True:
+        done, result = run_step(model, steps)
+        if done:
+            return result
+
+
+def decode_batch_steps(model: "ImageModel", emb: "ImageEmbedding", points: np.ndarray, crop_box: Sequence[int],
+                       orig_hw: tuple[int, int], params: AmgParams, upsample_bytes: int = 64 << 20,
+                       decoder_points: int = 16) -> Iterator[None]:
+    """``decode_batch`` in steps (one decoder pass or one upsampling chunk each), so that a replica can run other
+    work, such as an interactive click, between them. Drive it with ``run_step`` until it reports done."""
+    return _decode_batch(model, emb, points, crop_box, orig_hw, params, upsample_bytes, max(1, decoder_points))
+
+
+def run_step(model: "ImageModel", steps: Iterator[None]) -> tuple[bool, Optional[BatchMasks]]:
+    """One step of ``decode_batch_steps`` -> (done, the batch's result when done). The torch contexts are entered
+    per step, never held across steps, since other work runs on the same thread in between."""
     import torch
 
     with torch.inference_mode(), model.loaded.autocast():
-        return _decode_batch(model, emb, points, crop_box, orig_hw, params, upsample_bytes, max(1, decoder_points))
+        try:
+            next(steps)
+            return False, None
+        except StopIteration as finished:
+            return True, finished.value
 
 
 def _decode_batch(model, emb, points, crop_box, orig_hw, params: AmgParams, upsample_bytes: int,
@@ -270,9 +292,11 @@ def _decode_batch(model, emb, points, crop_box, orig_hw, params: AmgParams, upsa
     pts = torch.as_tensor(np.asarray(points), dtype=torch.float32, device=device)
     in_points = transforms.transform_coords(pts, normalize=True, orig_hw=im_size)
     in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=device)
-    parts = [view._predict(in_points[i : i + decoder_points, None, :], in_labels[i : i + decoder_points, None],
-                           multimask_output=params.multimask_output, return_logits=True)
-             for i in range(0, in_points.shape[0], decoder_points)]
+    parts = []
+    for i in range(0, in_points.shape[0], decoder_points):
+        parts.append(view._predict(in_points[i : i + decoder_points, None, :], in_labels[i : i + decoder_points, None],
+                                   multimask_output=params.multimask_output, return_logits=True))
+        yield
     logits, iou_preds, low_res = (torch.cat([p[k] for p in parts]) for k in range(3))
     del parts
     n_per_point = logits.shape[1]
@@ -292,6 +316,7 @@ def _decode_batch(model, emb, points, crop_box, orig_hw, params: AmgParams, upsa
                                              return_logits=True)
             new_logits.append(refined)
             new_ious.append(ious)
+            yield
         logits = torch.cat(new_logits, dim=0).squeeze(1)
         iou_preds = torch.cat(new_ious, dim=0).squeeze(1)
     del low_res
@@ -323,6 +348,7 @@ def _decode_batch(model, emb, points, crop_box, orig_hw, params: AmgParams, upsa
         out_stab.append(stability.float())
         out_boxes.append(boxes.to(torch.int64))
         del binary, full
+        yield
 
     def cat(parts, empty_shape, dtype):
         return torch.cat(parts).cpu().numpy() if parts else np.zeros(empty_shape, dtype)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import threading
 
+import pytest
+
 from deployments.common import IdleTrim, TorchThread
 
 
@@ -45,3 +47,29 @@ def test_idle_trim_runs_only_after_the_replica_is_idle():
         return trim.trims
 
     assert asyncio.run(main()) == 1
+
+
+def test_torch_thread_runs_interactive_jobs_before_queued_bulk_steps():
+    torch_thread = TorchThread()
+    gate, order = threading.Event(), []
+
+    async def main():
+        busy = torch_thread.submit(gate.wait)  # the thread is in the middle of some step
+        bulk = [torch_thread.submit(order.append, f"amg-step-{i}", priority=TorchThread.BULK) for i in range(3)]
+        click = torch_thread.submit(order.append, "click")  # arrives last, interactive by default
+        gate.set()
+        await asyncio.gather(busy, click, *bulk)
+
+    asyncio.run(main())
+    assert order == ["click", "amg-step-0", "amg-step-1", "amg-step-2"]
+
+
+def test_torch_thread_hands_exceptions_to_the_caller():
+    torch_thread = TorchThread()
+
+    async def main():
+        return await torch_thread.run(lambda: 1 / 0)
+
+    with pytest.raises(ZeroDivisionError):
+        asyncio.run(main())
+    assert torch_thread.call(lambda: "still working") == "still working"
