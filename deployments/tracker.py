@@ -27,7 +27,7 @@ from ray.serve._private.request_router.replica_wrapper import RunningReplica
 
 from common.errors import InvalidRequest, LimitExceeded, NotFound, SessionGone, SessionNotFound
 from common.videos import FrameReader, TrackedFrame, VideoInfo, VideoObjectPrompt
-from deployments.common import TorchThread, load_for_replica
+from deployments.common import IdleTrim, TorchThread, load_for_replica
 
 logger = logging.getLogger("ray.serve")
 
@@ -99,6 +99,7 @@ class VideoTracker:
         self._sessions: dict[str, _Session] = {}
         self._gone: OrderedDict[str, str] = OrderedDict()  # recently ended session id -> why
         self.streams_active = 0
+        self.idle_trim = IdleTrim()
         self.streams_started = 0
         self.frames_tracked = 0
 
@@ -115,7 +116,8 @@ class VideoTracker:
         try:
             while True:
                 pending = self.torch.submit(_next, iterator, priority=TorchThread.BULK)
-                frame = await asyncio.shield(pending)
+                async with self.idle_trim:
+                    frame = await asyncio.shield(pending)
                 pending = None
                 if frame is None:
                     return
@@ -190,11 +192,12 @@ class VideoTracker:
         """Run a session step on the torch thread; if the caller is cancelled, the step still completes before the
         session's lock is released, so the next call never runs beside it."""
         fut = self.torch.submit(fn, *args)
-        try:
-            return await asyncio.shield(fut)
-        except asyncio.CancelledError:
-            await asyncio.wait([fut])
-            raise
+        async with self.idle_trim:
+            try:
+                return await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                await asyncio.wait([fut])
+                raise
 
     async def add_prompts(self, session_id: str, prompts: Sequence[VideoObjectPrompt],
                           max_objects: int = 32) -> TrackedFrame:
