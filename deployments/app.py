@@ -30,7 +30,7 @@ MALLOC_ENV = {"MALLOC_ARENA_MAX": "2"}
 # Ingress and cache only: buffers over 1 MiB (uploaded images, encoded masks) are mmapped, so that they go back to
 # the OS when freed. Not for model replicas: every large activation would then be mmapped and page-faulted afresh,
 # which made a base-plus decoder pass 2.6x slower (53 ms -> 140 ms a click) and the encoder 33% slower on CPU.
-# Model replicas hand freed memory back when they go idle instead (``deployments.common.IdleTrim``).
+# Model replicas hand freed memory back when they go idle instead (``deployments.common.TorchThread``).
 IO_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
 
 

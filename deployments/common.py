@@ -1,5 +1,5 @@
-"""What the model deployments share: model construction (in the replica, not at import), the one thread that runs a
-replica's torch work, and idle memory trim."""
+"""What the model deployments share: model construction (in the replica, not at import) and the one thread that
+runs a replica's torch work (and hands freed memory back when idle)."""
 
 from __future__ import annotations
 
@@ -39,18 +39,35 @@ class TorchThread:
     interactive ones (``INTERACTIVE``: a click, a session prompt) before queued bulk steps (``BULK``: automatic-mask
     batches, which run as many short steps), each priority in arrival order. No lock is held across a stream:
     concurrent streams take turns, one frame per job.
+
+    Idle trim: jobs allocate and free large activations; glibc keeps freed memory for reuse, so resident memory
+    creeps up under mixed load without being in use. Once the thread has had no job for ``trim_after_s``, it calls
+    ``malloc_trim(0)`` itself (once per idle spell), which hands that memory back; the next job pays some page
+    faults. None, or a libc without ``malloc_trim``, turns it off.
     """
 
     INTERACTIVE, BULK = 0, 1
 
-    def __init__(self, name: str = "torch"):
+    def __init__(self, name: str = "torch", trim_after_s: Optional[float] = 1.0):
         self._jobs: queue.PriorityQueue = queue.PriorityQueue()
         self._order = itertools.count()
+        self._trim = _malloc_trim() if trim_after_s is not None else None
+        self._trim_after_s = trim_after_s
+        self.trims = 0
         threading.Thread(target=self._work, name=name, daemon=True).start()
 
     def _work(self) -> None:
+        trimmed = True  # nothing to hand back before the first job
         while True:
-            _, _, future, fn = self._jobs.get()
+            try:
+                _, _, future, fn = self._jobs.get(timeout=None if trimmed or self._trim is None
+                                                  else self._trim_after_s)
+            except queue.Empty:
+                self._trim(0)
+                self.trims += 1
+                trimmed = True
+                continue
+            trimmed = False
             if future.set_running_or_notify_cancel():
                 try:
                     future.set_result(fn())
@@ -66,49 +83,14 @@ class TorchThread:
         """Run ``fn`` on the torch thread and wait (for ``__init__``, before the event loop serves requests)."""
         return self._submit(self.INTERACTIVE, fn, args, kwargs).result()
 
-    def submit(self, fn: Callable[..., Any], *args: Any, priority: int = 0, **kwargs: Any) -> "asyncio.Future":
+    def submit(self, fn: Callable[..., Any], *args: Any, priority: int = INTERACTIVE,
+               **kwargs: Any) -> "asyncio.Future":
         """Queue ``fn`` on the torch thread; an asyncio future of its result (shield it to outlive a cancel)."""
         return asyncio.wrap_future(self._submit(priority, fn, args, kwargs))
 
-    async def run(self, fn: Callable[..., Any], *args: Any, priority: int = 0, **kwargs: Any) -> Any:
+    async def run(self, fn: Callable[..., Any], *args: Any, priority: int = INTERACTIVE, **kwargs: Any) -> Any:
         """Run ``fn`` on the torch thread without blocking the event loop."""
         return await self.submit(fn, *args, priority=priority, **kwargs)
-
-
-class IdleTrim:
-    """Hands memory that glibc keeps after large frees back to the OS once a replica has been idle a moment.
-
-    Model replicas allocate and free large activations on every call; glibc keeps the freed memory for reuse, so
-    resident memory creeps up under mixed load without being in use. ``malloc_trim(0)`` releases it, but costs
-    page faults on the next call's allocations, so it runs only after ``delay_s`` with no call in flight.
-    A no-op where glibc's ``malloc_trim`` does not exist.
-
-    Usage: ``async with self.idle_trim: ...`` around each call's work.
-    """
-
-    def __init__(self, delay_s: float = 1.0):
-        self.delay_s = delay_s
-        self.trims = 0
-        self._busy = 0
-        self._timer: Optional[asyncio.TimerHandle] = None
-        self._trim = _malloc_trim()
-
-    async def __aenter__(self) -> None:
-        self._busy += 1
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    async def __aexit__(self, *exc) -> None:
-        self._busy -= 1
-        if self._busy == 0 and self._trim is not None:
-            self._timer = asyncio.get_running_loop().call_later(self.delay_s, self._start_trim)
-
-    def _start_trim(self) -> None:
-        self._timer = None
-        if self._busy == 0:
-            self.trims += 1
-            asyncio.get_running_loop().run_in_executor(None, self._trim, 0)
 
 
 def _malloc_trim():

@@ -9,7 +9,7 @@ from ray.exceptions import ObjectLostError, OwnerDiedError
 
 from common.errors import EmbeddingNotFound
 from common.types import EmbeddingRef, ImageEmbedding, MaskPrediction, ObjectPrompt
-from deployments.common import IdleTrim, TorchThread, load_for_replica
+from deployments.common import TorchThread, load_for_replica
 from models.amg import AmgParams, BatchMasks, decode_batch_steps, run_step
 from models.image import ImageModel
 
@@ -29,7 +29,6 @@ class MaskDecoder:
         # Clicks run before queued automatic-mask steps on the one torch thread (TorchThread), so a click waits for
         # one decoder pass at most, not for whole grids; batches in flight keep only their low-res logits between
         # steps (16 MB for 64 prompts), never their activations.
-        self.idle_trim = IdleTrim()
 
     async def _embedding(self, emb: EmbeddingRef | ImageEmbedding) -> ImageEmbedding:
         if isinstance(emb, ImageEmbedding):
@@ -46,8 +45,7 @@ class MaskDecoder:
         """Masks per object; ``prompts`` are in pixels of the original image (see ``ObjectPrompt``)."""
         embedding = await self._embedding(emb)
         self.decodes += 1
-        async with self.idle_trim:
-            return await self.torch.run(self.model.decode, embedding, prompts, multimask_output)
+        return await self.torch.run(self.model.decode, embedding, prompts, multimask_output)
 
     async def segment_batch(self, emb: EmbeddingRef | ImageEmbedding, points, crop_box: tuple[int, int, int, int],
                             orig_hw: tuple[int, int], params: AmgParams) -> BatchMasks:
@@ -57,15 +55,14 @@ class MaskDecoder:
         original image of size ``orig_hw`` = (height, width). See ``models.amg.decode_batch``.
         """
         embedding = await self._embedding(emb)
-        async with self.idle_trim:
-            self.amg_batches += 1
-            # In steps of one decoder pass, queued behind interactive clicks: a click waits for one step at most.
-            steps = decode_batch_steps(self.model, embedding, points, crop_box, orig_hw, params)
-            while True:
-                done, result = await self.torch.run(run_step, self.model, steps, priority=TorchThread.BULK)
-                if done:
-                    return result
+        self.amg_batches += 1
+        # In steps of one decoder pass, queued behind interactive clicks: a click waits for one step at most.
+        steps = decode_batch_steps(self.model, embedding, points, crop_box, orig_hw, params)
+        while True:
+            done, result = await self.torch.run(run_step, self.model, steps, priority=TorchThread.BULK)
+            if done:
+                return result
 
     def stats(self) -> dict:
-        return {"decodes": self.decodes, "amg_batches": self.amg_batches, "trims": self.idle_trim.trims,
+        return {"decodes": self.decodes, "amg_batches": self.amg_batches, "trims": self.torch.trims,
                 "pid": os.getpid()}

@@ -9,7 +9,7 @@ import ray
 from ray import serve
 
 from common.types import EmbeddingRef, EncodeRequest
-from deployments.common import IdleTrim, TorchThread, load_for_replica
+from deployments.common import TorchThread, load_for_replica
 from models.image import ImageModel
 
 logger = logging.getLogger("ray.serve")
@@ -37,16 +37,13 @@ class ImageEncoder:
         self.images_encoded = 0
         self.batches = 0
         self.forward_s = 0.0
-        self.idle_trim = IdleTrim()
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.02)
     async def encode(self, requests: list[EncodeRequest]) -> list[EmbeddingRef]:
         """Encode a batch (Serve gathers concurrent single-image calls into ``requests``)."""
-        async with self.idle_trim:
-            start = time.perf_counter()
-            embeddings = await self.torch.run(self.model.encode, [r.rgb for r in requests],
-                                              [r.image_id for r in requests])
-            self.forward_s += time.perf_counter() - start
+        start = time.perf_counter()
+        embeddings = await self.torch.run(self.model.encode, [r.rgb for r in requests], [r.image_id for r in requests])
+        self.forward_s += time.perf_counter() - start
         self.images_encoded += len(requests)
         self.batches += 1
         return [EmbeddingRef(e.image_id, e.orig_hw, e.nbytes, ray.put(e)) for e in embeddings]

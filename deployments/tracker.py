@@ -1,8 +1,8 @@
 """VideoTracker: stateful video tracking. Streams ``generate`` frames and holds interactive sessions.
 
 Each stream and each session owns its own tracking state; the model weights are shared and hold none, so
-concurrent streams take turns frame by frame on the replica's torch thread, with no lock held across a stream. A session's calls are
-serialized by that session's own lock.
+concurrent streams take turns frame by frame on the replica's torch thread, with no lock held across a stream.
+A session's calls are serialized by that session's own lock.
 
 Sessions live on the replica that created them. Their ids carry that replica's id, and ``SessionRouter`` (set as
 this deployment's request router in ``deployments.app``) sends every call with ``session_id`` to that replica, so
@@ -27,7 +27,7 @@ from ray.serve._private.request_router.replica_wrapper import RunningReplica
 
 from common.errors import InvalidRequest, LimitExceeded, NotFound, SessionGone, SessionNotFound
 from common.videos import FrameReader, TrackedFrame, VideoInfo, VideoObjectPrompt
-from deployments.common import IdleTrim, TorchThread, load_for_replica
+from deployments.common import TorchThread, load_for_replica
 
 logger = logging.getLogger("ray.serve")
 
@@ -99,14 +99,13 @@ class VideoTracker:
         self._sessions: dict[str, _Session] = {}
         self._gone: OrderedDict[str, str] = OrderedDict()  # recently ended session id -> why
         self.streams_active = 0
-        self.idle_trim = IdleTrim()
         self.streams_started = 0
         self.frames_tracked = 0
 
     # ---- generate ---------------------------------------------------------------------------------------------
 
     async def _stream(self, iterator, on_close) -> AsyncIterator[TrackedFrame]:
-        """Drive a blocking frame iterator one step at a time on the torch thread; stop at once when the caller goes away.
+        """Drive a blocking frame iterator one step per torch-thread job; stop at once when the caller goes away.
 
         On cancellation (client disconnected) the frame in flight finishes in its thread and nothing further is
         computed; resources are released after that step, never under it.
@@ -116,8 +115,7 @@ class VideoTracker:
         try:
             while True:
                 pending = self.torch.submit(_next, iterator, priority=TorchThread.BULK)
-                async with self.idle_trim:
-                    frame = await asyncio.shield(pending)
+                frame = await asyncio.shield(pending)
                 pending = None
                 if frame is None:
                     return
@@ -192,12 +190,11 @@ class VideoTracker:
         """Run a session step on the torch thread; if the caller is cancelled, the step still completes before the
         session's lock is released, so the next call never runs beside it."""
         fut = self.torch.submit(fn, *args)
-        async with self.idle_trim:
-            try:
-                return await asyncio.shield(fut)
-            except asyncio.CancelledError:
-                await asyncio.wait([fut])
-                raise
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            await asyncio.wait([fut])
+            raise
 
     async def add_prompts(self, session_id: str, prompts: Sequence[VideoObjectPrompt],
                           max_objects: int = 32) -> TrackedFrame:

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from deployments.common import IdleTrim, TorchThread
+from deployments.common import TorchThread
 
 
 def test_torch_thread_runs_every_call_on_one_thread_in_order():
@@ -28,25 +28,25 @@ def test_torch_thread_runs_every_call_on_one_thread_in_order():
     assert order == list(range(8))  # queued in arrival order: streams interleave step by step
 
 
-def test_idle_trim_runs_only_after_the_replica_is_idle():
-    trim = IdleTrim(delay_s=0.05)
-    assert trim._trim is not None, "glibc's malloc_trim should be found on Linux"
+def test_idle_trim_runs_only_after_the_thread_is_idle():
+    import time
 
-    async def main():
-        async with trim:
-            async with trim:  # two calls in flight
-                await asyncio.sleep(0.1)
-            await asyncio.sleep(0.1)  # one still in flight: no trim yet
-            assert trim.trims == 0
-        await asyncio.sleep(0.01)
-        assert trim.trims == 0  # idle, but not for delay_s yet
-        async with trim:  # a new call cancels the pending trim
-            await asyncio.sleep(0.1)
-            assert trim.trims == 0
-        await asyncio.sleep(0.2)
-        return trim.trims
-
-    assert asyncio.run(main()) == 1
+    torch_thread = TorchThread(trim_after_s=0.1)
+    assert torch_thread._trim is not None, "glibc's malloc_trim should be found on Linux"
+    time.sleep(0.3)
+    assert torch_thread.trims == 0  # nothing ran yet: nothing to hand back
+    torch_thread.call(time.sleep, 0.3)  # a long job: no trim while it runs
+    assert torch_thread.trims == 0
+    for _ in range(5):  # jobs closer together than trim_after_s keep postponing it
+        time.sleep(0.03)
+        torch_thread.call(lambda: None)
+    assert torch_thread.trims == 0
+    time.sleep(0.5)
+    assert torch_thread.trims == 1  # once per idle spell, not again while still idle
+    torch_thread.call(lambda: None)
+    time.sleep(0.3)
+    assert torch_thread.trims == 2
+    assert TorchThread(trim_after_s=None)._trim is None
 
 
 def test_torch_thread_runs_interactive_jobs_before_queued_bulk_steps():
