@@ -27,10 +27,15 @@ from models.registry import DEFAULT_MODEL, MODELS
 
 # glibc: at most 2 malloc arenas per process (threads otherwise get up to 8 per core, each keeping what it freed).
 MALLOC_ENV = {"MALLOC_ARENA_MAX": "2"}
+# Model replicas (encoder, decoder, tracker): no mmapped blocks and no automatic trimming. A forward pass allocates
+# GBs of activations in large blocks; glibc serves blocks over its mmap threshold (32 MiB at most) with fresh mmaps,
+# which are page-faulted and zeroed anew on every pass (1.3 GB of faults a video frame, 2.4 GB a base-plus image
+# encoding). Kept in the heap they are reused: 9-13 % faster passes on CPU (BENCHMARKS.md, allocator). The memory
+# goes back to the OS when the replica idles for a second (``deployments.common.TorchThread`` calls malloc_trim).
+MODEL_MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
 # Ingress and cache only: buffers over 1 MiB (uploaded images, encoded masks) are mmapped, so that they go back to
 # the OS when freed. Not for model replicas: every large activation would then be mmapped and page-faulted afresh,
 # which made a base-plus decoder pass 2.6x slower (53 ms -> 140 ms a click) and the encoder 33% slower on CPU.
-# Model replicas hand freed memory back when they go idle instead (``deployments.common.TorchThread``).
 IO_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
 
 
@@ -100,9 +105,10 @@ class AppArgs(BaseModel):
         "Keep below http_options.request_timeout_s of the Serve config so clients get the JSON error.")
     retry_after_s: float = Field(1.0, ge=0, description="Retry-After of 503 answers (overload, replica lost).")
     replica_env: dict[str, str] = Field(
-        default_factory=lambda: dict(MALLOC_ENV), description="Environment variables of every replica. The default "
-        "bounds glibc's per-thread arenas and returns large buffers to the OS: without it a decoder's resident "
-        "memory grew 1.45x under mixed load and stayed there (BENCHMARKS.md, load). {} to leave them unset.")
+        default_factory=lambda: dict(MALLOC_ENV), description="Environment variables of every replica, over the "
+        "allocator settings of its kind (model replicas: MODEL_MALLOC_ENV, ingress and cache: IO_MALLOC_ENV; a key "
+        "given here wins). The default bounds glibc's per-thread arenas: without it a decoder's resident "
+        "memory grew 1.45x under mixed load and stayed there (BENCHMARKS.md, load).")
 
 
 def uses_gpu(device: str) -> bool:
@@ -141,7 +147,7 @@ def build_app(args: AppArgs) -> Application:
     model_kwargs = {"model": a.model, "checkpoint": a.checkpoint, "device": a.device, "dtype": a.dtype}
 
     retry, env = a.retry_after_s, a.replica_env
-    io_env = {**IO_MALLOC_ENV, **env}
+    io_env, env = {**IO_MALLOC_ENV, **env}, {**MODEL_MALLOC_ENV, **env}
     encoder = serve.deployment(ImageEncoder, name="ImageEncoder",
                                **_options(a.encoder, gpu, retry, env)).bind(
         **model_kwargs, max_batch_size=a.encoder.max_batch_size, cpu_max_batch_size=a.encoder.cpu_max_batch_size,

@@ -103,3 +103,26 @@ def test_wrong_types_are_rejected(serve_config):
     auto = config["applications"][0]["deployments"][i]["autoscaling_config"]
     auto["min_replicas"] = auto["max_replicas"] + 1
     assert any("autoscaling_config" in p for p in serve_config_problems(config))  # min > max
+
+
+def _envs(app) -> dict[str, dict]:
+    from ray.serve._private.build_app import build_app as build_serve_app
+
+    built = build_serve_app(app, name="sam2")
+    return {d.name: ((d.ray_actor_options or {}).get("runtime_env") or {}).get("env_vars", {}) for d in built.deployments}
+
+
+def test_model_replicas_keep_activations_in_the_heap_and_io_replicas_mmap_large_buffers():
+    from deployments.app import build_app
+
+    envs = _envs(build_app({"device": "cpu"}))
+    for name in ("ImageEncoder", "MaskDecoder", "VideoTracker"):
+        assert envs[name]["MALLOC_MMAP_MAX_"] == "0" and int(envs[name]["MALLOC_TRIM_THRESHOLD_"]) >= 1 << 32, name
+        assert "MALLOC_MMAP_THRESHOLD_" not in envs[name], f"{name} would page-fault every large activation afresh"
+        assert envs[name]["MALLOC_ARENA_MAX"] == "2"
+    for name in ("SAM2Ingress", "EmbeddingCache"):
+        assert envs[name]["MALLOC_MMAP_THRESHOLD_"] == str(1 << 20) and "MALLOC_MMAP_MAX_" not in envs[name], name
+    # a user's replica_env wins over the defaults of either kind
+    envs = _envs(build_app({"device": "cpu", "replica_env": {"MALLOC_MMAP_MAX_": "65536", "X": "1"}}))
+    assert envs["MaskDecoder"]["MALLOC_MMAP_MAX_"] == "65536" and envs["SAM2Ingress"]["X"] == "1"
+    assert "MALLOC_ARENA_MAX" not in envs["MaskDecoder"], "replica_env replaces the default arena bound"
