@@ -94,9 +94,9 @@ def upstream_run(loaded, frames_dir: Path) -> dict:
 
 def replica_env() -> dict[str, str]:
     """The allocator environment a VideoTracker replica runs with (``deployments.app``)."""
-    from deployments.app import MALLOC_ENV, MODEL_MALLOC_ENV
+    from deployments.app import MODEL_MALLOC_ENV
 
-    return {**MODEL_MALLOC_ENV, **MALLOC_ENV}
+    return dict(MODEL_MALLOC_ENV)
 
 
 def _child(kind: str, video: Path, model: str, frames: int, env: dict[str, str]) -> dict:

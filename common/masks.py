@@ -10,14 +10,19 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from common.types import BitMask
 
-def encode_png(mask: np.ndarray) -> str:
+
+def encode_png(mask: np.ndarray | BitMask) -> str:
     """Boolean (H, W) mask -> base64 of an 8-bit greyscale PNG, 255 inside, 0 outside, W x H pixels."""
+    bits = mask if isinstance(mask, BitMask) else BitMask.pack(mask)
+    h, w = bits.shape
     buf = io.BytesIO()
+    # Packed rows are PIL's mode "1" layout; converting to "L" writes 0/255 in C (faster than numpy's * 255).
     # zlib's run-length strategy (compress_type 3 = Z_RLE) suits masks, long runs of 0 and 255: 1.4x faster than
     # PIL's default (7.8 vs 11.1 ms on a 1800x1200 mask) and smaller (5.3 vs 5.9 kB).
-    Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255, mode="L").save(buf, format="PNG", compress_level=1,
-                                                                           compress_type=3)
+    Image.frombytes("1", (w, h), bits.bits.tobytes()).convert("L").save(buf, format="PNG", compress_level=1,
+                                                                         compress_type=3)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -27,8 +32,10 @@ def decode_png(data: str) -> np.ndarray:
     return np.asarray(img.convert("L")) > 127
 
 
-def encode_rle(mask: np.ndarray) -> dict:
+def encode_rle(mask: np.ndarray | BitMask) -> dict:
     """Boolean (H, W) mask -> ``{"size": [H, W], "counts": str}`` (COCO compressed RLE, column-major)."""
+    if isinstance(mask, BitMask):
+        mask = mask.unpack()
     rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
@@ -38,21 +45,30 @@ def decode_rle(rle: dict) -> np.ndarray:
     return mask_utils.decode({"size": rle["size"], "counts": counts.encode() if isinstance(counts, str) else counts}) > 0
 
 
-def encode_mask(mask: np.ndarray, fmt: str) -> dict:
+def encode_mask(mask: np.ndarray | BitMask, fmt: str) -> dict:
     """``{"png": ...}`` or ``{"rle": ...}`` for ``fmt`` in ``png`` | ``rle``."""
     if fmt == "rle":
         return {"rle": encode_rle(mask)}
     return {"png": encode_png(mask)}
 
 
-def mask_box(mask: np.ndarray) -> Optional[tuple[float, float, float, float]]:
+def mask_box(mask: np.ndarray | BitMask) -> Optional[tuple[float, float, float, float]]:
     """Normalized bounds (xmin, ymin, xmax, ymax) of the True pixels, as fractions of W and H; None if empty.
 
     ``xmax``/``ymax`` are the far edges of the last pixels ((col + 1) / W), so a full mask is (0, 0, 1, 1).
     """
-    h, w = mask.shape
-    cols = np.flatnonzero(mask.any(axis=0))
-    if cols.size == 0:
-        return None
-    rows = np.flatnonzero(mask.any(axis=1))
+    if isinstance(mask, BitMask):
+        h, w = mask.shape
+        rows = np.flatnonzero(mask.bits.any(axis=1))
+        if rows.size == 0:
+            return None
+        # OR of the occupied rows, 8 columns a byte, then the columns of the set bits
+        cols = np.flatnonzero(np.unpackbits(np.bitwise_or.reduce(mask.bits[rows[0]:rows[-1] + 1], axis=0),
+                                            count=w))
+    else:
+        h, w = mask.shape
+        cols = np.flatnonzero(mask.any(axis=0))
+        if cols.size == 0:
+            return None
+        rows = np.flatnonzero(mask.any(axis=1))
     return (cols[0] / w, rows[0] / h, (cols[-1] + 1) / w, (rows[-1] + 1) / h)

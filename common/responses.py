@@ -2,43 +2,50 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
+
+import numpy as np
 
 from common.masks import encode_mask, mask_box
-from common.types import MaskPrediction, PredictResult, Region
+from common.types import BitMask, MaskPrediction, Region
 
 
-def regions_from_predictions(predictions: Sequence[MaskPrediction], with_logits: bool = True) -> list[Region]:
-    """Flatten per-object predictions into regions (1 per object, or 3 in SAM2's order with multimask)."""
+def regions_from_predictions(predictions: Sequence[MaskPrediction]) -> list[Region]:
+    """Flatten per-object predictions into handle regions with boolean masks (1 per object, or 3 in SAM2's order
+    with multimask), with each mask's low-res logits when the decoder returned them."""
     regions = []
     for p in predictions:
-        for i in range(p.masks.shape[0]):
+        for i, bits in enumerate(p.masks):
             regions.append(Region(
-                mask=p.masks[i],
+                mask=bits.unpack(),
                 score=float(p.scores[i]),
-                box=mask_box(p.masks[i]),
+                box=mask_box(bits),
                 track_id=p.track_id,
-                logits=p.low_res_logits[i] if with_logits else None,
+                logits=p.low_res_logits[i] if p.low_res_logits is not None else None,
             ))
     return regions
 
 
-def region_json(region: Region, mask_format: str) -> dict:
+def region_json(mask: np.ndarray | BitMask, score: float, track_id: Optional[str], mask_format: str) -> dict:
+    box = mask_box(mask)
     out = {
-        "mask": encode_mask(region.mask, mask_format),
-        "score": region.score,
-        "concepts": [{"name": "1", "value": region.score}],
-        "box": list(region.box) if region.box is not None else None,
+        "mask": encode_mask(mask, mask_format),
+        "score": score,
+        "concepts": [{"name": "1", "value": score}],
+        "box": list(box) if box is not None else None,
     }
-    if region.track_id is not None:
-        out["track_id"] = region.track_id
+    if track_id is not None:
+        out["track_id"] = track_id
     return out
 
 
-def predict_json(result: PredictResult, mask_format: str) -> dict:
+def predict_json(image_id: str, width: int, height: int, predictions: Sequence[MaskPrediction],
+                 mask_format: str) -> dict:
+    """The HTTP answer of ``/v1/predict``, encoded straight from the decoder's packed masks."""
     return {
-        "image_id": result.image_id,
-        "width": result.width,
-        "height": result.height,
-        "regions": [region_json(r, mask_format) for r in result.regions],
+        "image_id": image_id,
+        "width": width,
+        "height": height,
+        "regions": [region_json(bits, float(p.scores[i]), p.track_id, mask_format)
+                    for p in predictions for i, bits in enumerate(p.masks)],
     }

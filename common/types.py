@@ -47,18 +47,47 @@ class ObjectPrompt:
 
 
 @dataclass(frozen=True)
+class BitMask:
+    """A boolean (H, W) mask, 8 pixels a byte: how masks travel between replicas (8x smaller than bool).
+
+    Attributes:
+        bits: uint8 (H, ceil(W / 8)), ``np.packbits(mask, axis=-1)``: row-major, a row's first pixel in the high
+            bit, rows padded to whole bytes. That is PIL's raw layout of mode "1", so a PNG needs no unpacking.
+        width: W in pixels.
+    """
+
+    bits: np.ndarray
+    width: int
+
+    @classmethod
+    def pack(cls, mask: np.ndarray) -> "BitMask":
+        mask = np.asarray(mask, dtype=bool)
+        return cls(np.packbits(mask, axis=-1), int(mask.shape[-1]))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(H, W) of the mask."""
+        return int(self.bits.shape[0]), self.width
+
+    def unpack(self) -> np.ndarray:
+        """bool (H, W)."""
+        return np.unpackbits(self.bits, axis=-1, count=self.width).view(bool)
+
+
+@dataclass(frozen=True)
 class MaskPrediction:
     """The decoder's answer for one object.
 
     Attributes:
-        masks: bool (C, H, W) at the original image size; C = 1, or 3 with ``multimask_output``.
+        masks: C ``BitMask``s of the original image size (H, W); C = 1, or 3 with ``multimask_output``.
         scores: float32 (C,) predicted IoU of each mask.
-        low_res_logits: float32 (C, 256, 256) mask logits before upsampling (clamped to [-32, 32] like upstream).
+        low_res_logits: float32 (C, 256, 256) mask logits before upsampling (clamped to [-32, 32] like upstream),
+            or None when the caller did not ask for them (HTTP answers carry no logits).
     """
 
-    masks: np.ndarray
+    masks: tuple[BitMask, ...]
     scores: np.ndarray
-    low_res_logits: np.ndarray
+    low_res_logits: Optional[np.ndarray]
     track_id: Optional[str] = None
 
 

@@ -25,18 +25,17 @@ from deployments.tracker import SessionRouter, VideoTracker
 from models.registry import DEFAULT_MODEL, MODELS
 
 
-# glibc: at most 2 malloc arenas per process (threads otherwise get up to 8 per core, each keeping what it freed).
-MALLOC_ENV = {"MALLOC_ARENA_MAX": "2"}
-# Model replicas (encoder, decoder, tracker): no mmapped blocks and no automatic trimming. A forward pass allocates
-# GBs of activations in large blocks; glibc serves blocks over its mmap threshold (32 MiB at most) with fresh mmaps,
-# which are page-faulted and zeroed anew on every pass (1.3 GB of faults a video frame, 2.4 GB a base-plus image
-# encoding). Kept in the heap they are reused: 9-13 % faster passes on CPU (BENCHMARKS.md, allocator). The memory
-# goes back to the OS when the replica idles for a second (``deployments.common.TorchThread`` calls malloc_trim).
-MODEL_MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
-# Ingress and cache only: buffers over 1 MiB (uploaded images, encoded masks) are mmapped, so that they go back to
-# the OS when freed. Not for model replicas: every large activation would then be mmapped and page-faulted afresh,
-# which made a base-plus decoder pass 2.6x slower (53 ms -> 140 ms a click) and the encoder 33% slower on CPU.
-IO_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+# glibc's allocator, set per replica kind through the environment (read once, at process start).
+# Model replicas (encoder, decoder, tracker): one arena, no mmapped blocks, no automatic trimming. A forward pass
+# allocates GBs of activations in large blocks; glibc serves blocks over its mmap threshold (32 MiB at most), and
+# every block of a thread's own arena (64 MiB heaps, unmapped when empty), with fresh mmaps that are page-faulted and
+# zeroed anew on every pass: 1.3 GB of faults a video frame, 2.4 GB a base-plus image encoding. In the one sbrk heap
+# they are reused: 8-13 % faster passes on CPU (BENCHMARKS.md). The torch thread of a replica hands the heap back
+# with malloc_trim once idle for a second (``deployments.common.TorchThread``).
+MODEL_MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
+# Ingress and cache: at most 2 arenas (threads otherwise get up to 8 per core, each keeping what it freed), and
+# buffers over 1 MiB (uploaded images, encoded masks) mmapped, so that they go back to the OS when freed.
+IO_MALLOC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
 
 
 class Placement(BaseModel):
@@ -105,10 +104,10 @@ class AppArgs(BaseModel):
         "Keep below http_options.request_timeout_s of the Serve config so clients get the JSON error.")
     retry_after_s: float = Field(1.0, ge=0, description="Retry-After of 503 answers (overload, replica lost).")
     replica_env: dict[str, str] = Field(
-        default_factory=lambda: dict(MALLOC_ENV), description="Environment variables of every replica, over the "
-        "allocator settings of its kind (model replicas: MODEL_MALLOC_ENV, ingress and cache: IO_MALLOC_ENV; a key "
-        "given here wins). The default bounds glibc's per-thread arenas: without it a decoder's resident "
-        "memory grew 1.45x under mixed load and stayed there (BENCHMARKS.md, load).")
+        default_factory=dict, description="Environment variables of every replica, over the allocator settings of "
+        "its kind (model replicas: MODEL_MALLOC_ENV, ingress and cache: IO_MALLOC_ENV); a key given here wins. "
+        "Without those settings a decoder's resident memory grew 1.45x under mixed load (BENCHMARKS.md, load) and "
+        "model passes were 8-13 % slower on CPU.")
 
 
 def uses_gpu(device: str) -> bool:
@@ -146,13 +145,13 @@ def build_app(args: AppArgs) -> Application:
     gpu = uses_gpu(a.device)
     model_kwargs = {"model": a.model, "checkpoint": a.checkpoint, "device": a.device, "dtype": a.dtype}
 
-    retry, env = a.retry_after_s, a.replica_env
-    io_env, env = {**IO_MALLOC_ENV, **env}, {**MODEL_MALLOC_ENV, **env}
+    retry = a.retry_after_s
+    model_env, io_env = {**MODEL_MALLOC_ENV, **a.replica_env}, {**IO_MALLOC_ENV, **a.replica_env}
     encoder = serve.deployment(ImageEncoder, name="ImageEncoder",
-                               **_options(a.encoder, gpu, retry, env)).bind(
+                               **_options(a.encoder, gpu, retry, model_env)).bind(
         **model_kwargs, max_batch_size=a.encoder.max_batch_size, cpu_max_batch_size=a.encoder.cpu_max_batch_size,
         batch_wait_timeout_s=a.encoder.batch_wait_timeout_s, torch_threads=a.encoder.torch_threads)
-    decoder = serve.deployment(MaskDecoder, name="MaskDecoder", **_options(a.decoder, gpu, retry, env)).bind(
+    decoder = serve.deployment(MaskDecoder, name="MaskDecoder", **_options(a.decoder, gpu, retry, model_env)).bind(
         **model_kwargs, torch_threads=a.decoder.torch_threads)
     cache = serve.deployment(EmbeddingCache, name="EmbeddingCache",
                              **_options(a.cache, False, retry, io_env)).bind(max_bytes=a.cache_bytes)
@@ -161,7 +160,7 @@ def build_app(args: AppArgs) -> Application:
     tracker = serve.deployment(
         VideoTracker, name="VideoTracker",
         request_router_config=RequestRouterConfig(request_router_class=SessionRouter),
-        **_options(t, gpu, retry, env)).bind(
+        **_options(t, gpu, retry, model_env)).bind(
         **model_kwargs, torch_threads=t.torch_threads, hydra_overrides=t.hydra_overrides,
         session_ttl_s=t.session_ttl_s, max_sessions=t.max_sessions)
     ingress = serve.deployment(HTTPIngress, name="SAM2Ingress", **_options(a.ingress, False, retry, io_env)).bind(

@@ -41,11 +41,12 @@ class MaskDecoder:
             ) from None
 
     async def decode(self, emb: EmbeddingRef | ImageEmbedding, prompts: Sequence[ObjectPrompt],
-                     multimask_output: bool = False) -> list[MaskPrediction]:
+                     multimask_output: bool = False, with_logits: bool = True) -> list[MaskPrediction]:
         """Masks per object; ``prompts`` are in pixels of the original image (see ``ObjectPrompt``)."""
         embedding = await self._embedding(emb)
         self.decodes += 1
-        return await self.torch.run(self.model.decode, embedding, prompts, multimask_output)
+        return await self.torch.run(self.model.decode, embedding, prompts, multimask_output,
+                                    with_logits=with_logits)
 
     async def segment_batch(self, emb: EmbeddingRef | ImageEmbedding, points, crop_box: tuple[int, int, int, int],
                             orig_hw: tuple[int, int], params: AmgParams) -> BatchMasks:

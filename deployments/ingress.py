@@ -27,7 +27,7 @@ from common.errors import EmbeddingNotFound, InvalidRequest, InvalidVideo, Limit
 from common.images import as_rgb_array, b64decode, image_id as content_id
 from common.prompts import to_objects
 from common.responses import predict_json, regions_from_predictions
-from common.types import EmbeddingRef, EncodeRequest, PredictResult
+from common.types import EmbeddingRef, EncodeRequest, MaskPrediction, PredictResult
 from common.video_prompts import frame_json, generate_prompts, regions_to_prompts
 from common.videos import TrackedFrame, b64decode_video, probe_video
 from deployments.http import Guard, app, as_service_error, body_doc, body_fields, dump, request_id, validate
@@ -83,7 +83,9 @@ class SAM2Ingress:
         await self.cache.put.remote(entry)
         return entry
 
-    async def _predict(self, image: Any, options: schemas.PredictRequest | Any, image_id: Optional[str]) -> PredictResult:
+    async def _predict(self, image: Any, options: schemas.PredictRequest | Any, image_id: Optional[str],
+                       with_logits: bool) -> tuple[str, int, int, list[MaskPrediction]]:
+        """(image_id, width, height, the decoder's predictions with packed masks)."""
         if image is None:
             entry = await self._cached(image_id)
             rgb = None
@@ -97,14 +99,14 @@ class SAM2Ingress:
         if entry is None:
             entry = await self._embed(rgb, image_id)
         try:
-            predictions = await self.decoder.decode.remote(entry, objects, options.multimask_output)
+            predictions = await self.decoder.decode.remote(entry, objects, options.multimask_output, with_logits)
         except EmbeddingNotFound:
             if rgb is None:
                 raise
             await self.cache.discard.remote(image_id)  # its encoder replica died: encode again, once
             entry = await self._embed(rgb, image_id)
-            predictions = await self.decoder.decode.remote(entry, objects, options.multimask_output)
-        return PredictResult(image_id, w, h, regions_from_predictions(predictions))
+            predictions = await self.decoder.decode.remote(entry, objects, options.multimask_output, with_logits)
+        return image_id, w, h, predictions
 
     async def _segment_anything(self, image: Any, options: schemas.SegmentAnythingOptions,
                                 image_id: Optional[str]) -> amg.AmgResult:
@@ -193,8 +195,8 @@ class SAM2Ingress:
     async def http_predict(self, request: Request):
         req, upload = await self._parse(request, schemas.PredictRequest)
         image, image_id = self._image_arg(req, upload)
-        result = await self._predict(image, req, image_id)
-        return JSONResponse(await asyncio.to_thread(predict_json, result, req.mask_format.value))
+        result = await self._predict(image, req, image_id, with_logits=False)
+        return JSONResponse(await asyncio.to_thread(predict_json, *result, req.mask_format.value))
 
     @app.post("/v1/segment_anything", response_model=schemas.SegmentAnythingResponse,
               openapi_extra=body_doc(schemas.SegmentAnythingRequest))
@@ -226,7 +228,8 @@ class SAM2Ingress:
             "image": {"image_id": image_id or "inline"},
             "regions": dump(regions), "dict_inputs": dump(dict_inputs),
             "multimask_output": multimask_output, "denormalize_coord": denormalize_coord})
-        return await self._predict(image, options, image_id)
+        image_id, w, h, predictions = await self._predict(image, options, image_id, with_logits=True)
+        return PredictResult(image_id, w, h, await asyncio.to_thread(regions_from_predictions, predictions))
 
     async def segment_anything(self, image: Any = None, image_id: Optional[str] = None,
                                **params: Any) -> amg.AmgResult:

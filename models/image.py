@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from common.types import ImageEmbedding, MaskPrediction, ObjectPrompt
+from common.types import BitMask, ImageEmbedding, MaskPrediction, ObjectPrompt
 from models.loader import LoadedModel
 
 
@@ -84,10 +84,12 @@ class ImageModel:
         prompts: Sequence[ObjectPrompt],
         multimask_output: bool = False,
         mask_input: Optional[np.ndarray] = None,
+        with_logits: bool = True,
     ) -> list[MaskPrediction]:
         """Masks for each object's prompts on an encoded image, one upstream ``predict`` call per object.
 
         Coordinates in ``prompts`` are pixels of the original image, (x, y) order; see ``ObjectPrompt``.
+        Masks come packed (``BitMask``: 270 kB instead of 2.2 MB at 1800x1200 for the trip to the ingress).
         """
         view = self.predictor_for(emb)
         out = []
@@ -99,9 +101,9 @@ class ImageModel:
                     prompt.point_coords, prompt.point_labels, prompt.box, mask_input, normalize_coords=True)
                 masks, scores, logits = view._predict(coords, labels, box, mask_in, multimask_output)
                 out.append(MaskPrediction(
-                    masks=masks.squeeze(0).cpu().numpy(),
+                    masks=tuple(BitMask.pack(m) for m in masks.squeeze(0).cpu().numpy()),
                     scores=scores.squeeze(0).float().cpu().numpy(),
-                    low_res_logits=logits.squeeze(0).float().cpu().numpy(),
+                    low_res_logits=logits.squeeze(0).float().cpu().numpy() if with_logits else None,
                     track_id=prompt.track_id,
                 ))
         return out

@@ -1,9 +1,15 @@
 from __future__ import annotations
 
+import base64
+import io
+
 import numpy as np
+import pytest
+from PIL import Image
 from pycocotools import mask as mask_utils
 
 from common.masks import decode_png, decode_rle, encode_mask, encode_png, encode_rle, mask_box
+from common.types import BitMask
 
 
 def test_png_round_trip_and_values():
@@ -11,6 +17,32 @@ def test_png_round_trip_and_values():
     m[5:10, 20:45] = True
     out = decode_png(encode_png(m))
     np.testing.assert_array_equal(out, m)
+    img = Image.open(io.BytesIO(base64.b64decode(encode_png(m))))
+    assert img.mode == "L" and img.size == (50, 30)
+    assert set(np.unique(np.asarray(img))) == {0, 255}
+
+
+def _masks():
+    rng = np.random.default_rng(0)
+    for h, w in [(1, 1), (7, 13), (30, 50), (17, 64), (5, 9)]:
+        yield rng.random((h, w)) > 0.5
+        blob = np.zeros((h, w), bool)
+        blob[h // 3:h // 3 + 1 + h // 3, w // 2:] = True
+        yield blob
+        yield np.zeros((h, w), bool)
+        yield np.ones((h, w), bool)
+
+
+@pytest.mark.parametrize("m", list(_masks()), ids=lambda m: f"{m.shape[0]}x{m.shape[1]}-{int(m.sum())}")
+def test_packed_masks_encode_like_boolean_ones(m):
+    bits = BitMask.pack(m)
+    assert bits.shape == m.shape and bits.bits.nbytes == m.shape[0] * -(-m.shape[1] // 8)
+    np.testing.assert_array_equal(bits.unpack(), m)
+    assert bits.unpack().dtype == bool
+    assert encode_png(bits) == encode_png(m)
+    np.testing.assert_array_equal(decode_png(encode_png(bits)), m)
+    assert encode_rle(bits) == encode_rle(m)
+    assert mask_box(bits) == mask_box(m)
 
 
 def test_rle_is_coco_compressed():

@@ -119,10 +119,12 @@ def test_model_replicas_keep_activations_in_the_heap_and_io_replicas_mmap_large_
     for name in ("ImageEncoder", "MaskDecoder", "VideoTracker"):
         assert envs[name]["MALLOC_MMAP_MAX_"] == "0" and int(envs[name]["MALLOC_TRIM_THRESHOLD_"]) >= 1 << 32, name
         assert "MALLOC_MMAP_THRESHOLD_" not in envs[name], f"{name} would page-fault every large activation afresh"
-        assert envs[name]["MALLOC_ARENA_MAX"] == "2"
+        # one arena: a thread's own arena maps its 64 MiB heaps afresh whenever they empty
+        assert envs[name]["MALLOC_ARENA_MAX"] == "1"
     for name in ("SAM2Ingress", "EmbeddingCache"):
         assert envs[name]["MALLOC_MMAP_THRESHOLD_"] == str(1 << 20) and "MALLOC_MMAP_MAX_" not in envs[name], name
+        assert envs[name]["MALLOC_ARENA_MAX"] == "2"
     # a user's replica_env wins over the defaults of either kind
     envs = _envs(build_app({"device": "cpu", "replica_env": {"MALLOC_MMAP_MAX_": "65536", "X": "1"}}))
     assert envs["MaskDecoder"]["MALLOC_MMAP_MAX_"] == "65536" and envs["SAM2Ingress"]["X"] == "1"
-    assert "MALLOC_ARENA_MAX" not in envs["MaskDecoder"], "replica_env replaces the default arena bound"
+    assert envs["MaskDecoder"]["MALLOC_ARENA_MAX"] == "1" and envs["MaskDecoder"]["X"] == "1"
