@@ -145,7 +145,7 @@ def bf16_encoder(ckpt, model: str, rgb: np.ndarray, point):
         m.encode([rgb], ["x"])
         secs = min(timed(m.encode, [rgb], ["x"])[0] for _ in range(2))
         emb = m.encode([rgb], ["x"])[0]
-        out[dtype] = (secs, m.decode(emb, [prompt])[0].masks[0])
+        out[dtype] = (secs, m.decode(emb, [prompt])[0].masks[0].unpack())
     a, b = out["float32"][1], out["bfloat16"][1]
     return out["float32"][0], out["bfloat16"][0], float((a & b).sum() / max((a | b).sum(), 1))
 

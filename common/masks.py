@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import struct
+import zlib
 from typing import Optional
 
 import numpy as np
@@ -13,17 +15,35 @@ from pycocotools import mask as mask_utils
 from common.types import BitMask
 
 
-def encode_png(mask: np.ndarray | BitMask) -> str:
-    """Boolean (H, W) mask -> base64 of an 8-bit greyscale PNG, 255 inside, 0 outside, W x H pixels."""
+def png_bytes(mask: np.ndarray | BitMask) -> bytes:
+    """Boolean (H, W) mask -> an 8-bit greyscale PNG file, 255 inside, 0 outside, W x H pixels.
+
+    Written here around zlib rather than by Pillow: Pillow filters every row adaptively (sub, up, paeth), which is
+    two thirds of its time on a mask and cannot be turned off, while 0/255 rows compress as well unfiltered (filter
+    type 0). With zlib's run-length strategy: 7 ms instead of 19 ms, and 12 % smaller, on a speckled 1800x1200 mask.
+    """
     bits = mask if isinstance(mask, BitMask) else BitMask.pack(mask)
     h, w = bits.shape
-    buf = io.BytesIO()
-    # Packed rows are PIL's mode "1" layout; converting to "L" writes 0/255 in C (faster than numpy's * 255).
-    # zlib's run-length strategy (compress_type 3 = Z_RLE) suits masks, long runs of 0 and 255: 1.4x faster than
-    # PIL's default (7.8 vs 11.1 ms on a 1800x1200 mask) and smaller (5.3 vs 5.9 kB).
-    Image.frombytes("1", (w, h), bits.bits.tobytes()).convert("L").save(buf, format="PNG", compress_level=1,
-                                                                         compress_type=3)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    rows = np.zeros((h, w + 1), np.uint8)  # each scanline: its filter type (0, none), then W pixels
+    rows[:, 1:] = np.unpackbits(bits.bits, axis=-1, count=w)
+    rows[:, 1:] *= 255
+    z = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    idat = z.compress(rows.data) + z.flush()
+    # IHDR: width, height, bit depth 8, colour type 0 (greyscale), deflate, adaptive-filter method, no interlace
+    return b"".join([_PNG_SIGNATURE, _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)),
+                     _png_chunk(b"IDAT", idat), _png_chunk(b"IEND", b"")])
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
+
+
+def encode_png(mask: np.ndarray | BitMask) -> str:
+    """Boolean (H, W) mask -> base64 of ``png_bytes``."""
+    return base64.b64encode(png_bytes(mask)).decode("ascii")
 
 
 def decode_png(data: str) -> np.ndarray:

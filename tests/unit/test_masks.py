@@ -17,6 +17,7 @@ def test_png_round_trip_and_values():
     m[5:10, 20:45] = True
     out = decode_png(encode_png(m))
     np.testing.assert_array_equal(out, m)
+    Image.open(io.BytesIO(base64.b64decode(encode_png(m)))).verify()  # chunk CRCs, structure
     img = Image.open(io.BytesIO(base64.b64decode(encode_png(m))))
     assert img.mode == "L" and img.size == (50, 30)
     assert set(np.unique(np.asarray(img))) == {0, 255}
