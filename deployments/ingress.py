@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import OrderedDict
 from typing import Any, Optional
 
 import numpy as np
@@ -35,6 +36,9 @@ from deployments.web import add_web_routes
 from models import amg
 
 logger = logging.getLogger("ray.serve")
+# Embeddings an ingress replica keeps references to beyond the shared cache: at most this many (16 MB each for
+# base-plus), held until a newer one pushes them out or the cache says they were evicted.
+RECENT_EMBEDDINGS = 4
 
 
 class SAM2Ingress:
@@ -52,6 +56,9 @@ class SAM2Ingress:
         logger.info("API-key authentication is %s", f"on ({len(self.api_keys)} key(s))" if self.api_keys.enabled
                     else "off (set SAM2_SERVE_API_KEY or auth.api_key_file to turn it on)")
         self._inflight: dict[str, asyncio.Future] = {}
+        # The last few embeddings this replica used, so that a click by image_id can start decoding without first
+        # waiting for the shared cache (~3 ms); the cache is still asked, in parallel, and stays the authority.
+        self._recent: OrderedDict[str, EmbeddingRef] = OrderedDict()
 
     # ---- shared steps -------------------------------------------------------------------------------------
 
@@ -63,9 +70,28 @@ class SAM2Ingress:
     async def _cached(self, image_id: str) -> EmbeddingRef:
         entry = await self.cache.get.remote(image_id)
         if entry is None:
+            self._recent.pop(image_id, None)
             raise EmbeddingNotFound(f"image_id {image_id!r} is unknown or was evicted from the cache; "
                                     "send the image again (image.base64)")
+        self._remember(entry)
         return entry
+
+    def _remember(self, entry: EmbeddingRef) -> None:
+        self._recent[entry.image_id] = entry
+        self._recent.move_to_end(entry.image_id)
+        while len(self._recent) > RECENT_EMBEDDINGS:
+            self._recent.popitem(last=False)
+
+    async def _decode_cached(self, entry: EmbeddingRef, objects, multimask_output: bool, with_logits: bool):
+        """Decode on a recently used embedding while the shared cache confirms it still holds it (and marks it
+        recently used); if it was evicted meanwhile, the answer is the usual 404, as without this shortcut."""
+        decoding = self.decoder.decode.remote(entry, objects, multimask_output, with_logits)
+        try:
+            await self._cached(entry.image_id)
+        except EmbeddingNotFound:
+            decoding.cancel()
+            raise
+        return await decoding
 
     async def _embed(self, rgb, image_id: str) -> EmbeddingRef:
         """The cached embedding of this image, encoding it once even when requests for it arrive together."""
@@ -81,13 +107,17 @@ class SAM2Ingress:
     async def _encode(self, rgb, image_id: str) -> EmbeddingRef:
         entry = await self.encoder.encode.remote(EncodeRequest(image_id, rgb))
         await self.cache.put.remote(entry)
+        self._remember(entry)
         return entry
 
     async def _predict(self, image: Any, options: schemas.PredictRequest | Any, image_id: Optional[str],
                        with_logits: bool) -> tuple[str, int, int, list[MaskPrediction]]:
         """(image_id, width, height, the decoder's predictions with packed masks)."""
+        confirm = False  # decode on an embedding of _recent while the shared cache confirms it
         if image is None:
-            entry = await self._cached(image_id)
+            entry = self._recent.get(image_id)
+            confirm = entry is not None
+            entry = entry or await self._cached(image_id)
             rgb = None
         else:
             rgb, image_id = await self._decode_image(image)
@@ -99,8 +129,12 @@ class SAM2Ingress:
         if entry is None:
             entry = await self._embed(rgb, image_id)
         try:
-            predictions = await self.decoder.decode.remote(entry, objects, options.multimask_output, with_logits)
+            if confirm:
+                predictions = await self._decode_cached(entry, objects, options.multimask_output, with_logits)
+            else:
+                predictions = await self.decoder.decode.remote(entry, objects, options.multimask_output, with_logits)
         except EmbeddingNotFound:
+            self._recent.pop(image_id, None)
             if rgb is None:
                 raise
             await self.cache.discard.remote(image_id)  # its encoder replica died: encode again, once

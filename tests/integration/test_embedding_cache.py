@@ -86,3 +86,25 @@ def test_openapi_documents_the_api(base_url, http):
     assert body["application/json"]["schema"]["$ref"] == "#/components/schemas/PredictRequest"
     assert "RegionPrompt" in spec["components"]["schemas"]
     assert http.get(f"{base_url}/docs", timeout=60).status_code == 200
+
+
+def test_a_click_on_an_evicted_image_is_a_404_even_right_after_use(base_url, http, deployment_handle):
+    """Ingress replicas keep references to their last few embeddings and decode on them while the shared cache
+    confirms; the cache stays the authority: once it dropped the image, a click by id is the usual 404."""
+    rng = np.random.default_rng(23)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (48, 72, 3), dtype=np.uint8)).save(buf, format="PNG")
+    image = {"base64": base64.b64encode(buf.getvalue()).decode()}
+    image_id = http.post(f"{base_url}/v1/embed", json={"image": image}, timeout=120).json()["image_id"]
+    click = {"image": {"image_id": image_id}, "regions": [{"point": [0.5, 0.5]}]}
+    # several clicks, so that every ingress replica of the test app has used the embedding
+    masks = [http.post(f"{base_url}/v1/predict", json=click, timeout=120) for _ in range(6)]
+    assert all(r.status_code == 200 for r in masks), [r.text for r in masks]
+    assert len({r.json()["regions"][0]["mask"]["png"] for r in masks}) == 1
+    deployment_handle("EmbeddingCache").discard.remote(image_id).result(timeout_s=30)
+    for _ in range(4):
+        r = http.post(f"{base_url}/v1/predict", json=click, timeout=120)
+        assert r.status_code == 404 and "send the image again" in r.json()["error"]["message"], r.text
+    again = http.post(f"{base_url}/v1/predict", json={"image": image, "regions": click["regions"]}, timeout=120)
+    assert again.status_code == 200 and again.json()["regions"] == masks[0].json()["regions"]
+    assert http.post(f"{base_url}/v1/predict", json=click, timeout=120).status_code == 200
