@@ -27,7 +27,7 @@ def png_bytes(mask: np.ndarray | BitMask) -> bytes:
     bits = mask if isinstance(mask, BitMask) else BitMask.pack(mask)
     h, w = bits.shape
     rows = np.zeros((h, w + 1), np.uint8)  # each scanline: its filter type (0, none), then W pixels
-    rows[:, 1:] = np.unpackbits(bits.bits, axis=-1, count=w)
+    rows[:, 1:] = bits.unpack()
     rows[:, 1:] *= 255
     idat = isal_zlib.compress(rows.data, 1)  # a zlib stream, as PNG's IDAT wants
     # IHDR: width, height, bit depth 8, colour type 0 (greyscale), deflate, adaptive-filter method, no interlace
@@ -78,8 +78,8 @@ def mask_box(mask: np.ndarray | BitMask) -> Optional[tuple[float, float, float, 
 
     ``xmax``/``ymax`` are the far edges of the last pixels ((col + 1) / W), so a full mask is (0, 0, 1, 1).
     """
+    h, w = mask.shape
     if isinstance(mask, BitMask):
-        h, w = mask.shape
         rows = np.flatnonzero(mask.bits.any(axis=1))
         if rows.size == 0:
             return None
@@ -87,7 +87,6 @@ def mask_box(mask: np.ndarray | BitMask) -> Optional[tuple[float, float, float, 
         cols = np.flatnonzero(np.unpackbits(np.bitwise_or.reduce(mask.bits[rows[0]:rows[-1] + 1], axis=0),
                                             count=w))
     else:
-        h, w = mask.shape
         cols = np.flatnonzero(mask.any(axis=0))
         if cols.size == 0:
             return None

@@ -52,7 +52,7 @@ class BitMask:
 
     Attributes:
         bits: uint8 (H, ceil(W / 8)), ``np.packbits(mask, axis=-1)``: row-major, a row's first pixel in the high
-            bit, rows padded to whole bytes. That is PIL's raw layout of mode "1", so a PNG needs no unpacking.
+            bit, rows padded to whole bytes.
         width: W in pixels.
     """
 
