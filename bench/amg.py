@@ -1,4 +1,4 @@
-"""segment_anything served vs upstream ``SAM2AutomaticMaskGenerator``: wall time, memory, identical output.
+"""segment_anything served vs upstream ``SAM2AutomaticMaskGenerator``: wall time, memory, the same output.
 
     .venv/bin/python -m bench.amg                                   # base-plus, truck.jpg, three settings
     .venv/bin/python -m bench.amg --settings many --points-per-side 16 --model sam2.1-hiera-tiny

@@ -41,14 +41,15 @@ def _frames(count: int) -> list[np.ndarray]:
     return decode_frames(VIDEO, count)
 
 
-def _load(model: str, checkpoint: Path, overrides: list[str]):
+def _load(model: str, checkpoint: Path, overrides: list[str], ours: bool):
+    """The video model; ``ours=False``: exactly as sam2 builds it (the upstream side)."""
     import torch
 
     from models.loader import load_model
     from models.video import fix_memory_dtype
 
     torch.set_num_threads(os.cpu_count() or 1)
-    loaded = load_model(model, checkpoint, "cpu", video=True, hydra_overrides=overrides)
+    loaded = load_model(model, checkpoint, "cpu", video=True, hydra_overrides=overrides, sam2_exact=not ours)
     fix_memory_dtype(loaded.model)
     return loaded
 
@@ -113,7 +114,7 @@ def _speed_child(kind: str, video: str, model: str, checkpoint: str, n: int) -> 
 
     from tests.video_reference import write_frames_dir
 
-    loaded = _load(model, Path(checkpoint), [])
+    loaded = _load(model, Path(checkpoint), [], ours=kind == "speed-ours")
     out: dict = {}
 
     def work() -> None:
@@ -188,7 +189,7 @@ def _hwm_mib() -> float:
 def _memory_child(kind: str, video: str, model: str, checkpoint: str) -> None:
     """Child process: track the whole video with one click; print peak RSS (MiB) and state size as JSON."""
     overrides = ["++model.image_size=256"]
-    loaded = _load(model, Path(checkpoint), overrides)
+    loaded = _load(model, Path(checkpoint), overrides, ours=kind == "ours")
     base_rss = _hwm_mib()
     t0 = time.perf_counter()
     if kind == "ours":

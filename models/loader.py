@@ -20,6 +20,7 @@ from typing import Literal, Sequence
 import torch
 
 from common.errors import ModelUnavailable
+from models.mask_decoder import wrap_mask_decoder
 from models.registry import ModelSpec, get_spec
 
 logger = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ def load_model(
     *,
     video: bool = False,
     hydra_overrides: Sequence[str] = (),
+    sam2_exact: bool = False,
 ) -> LoadedModel:
     """Build ``name``'s network with sam2's own builder and load its weights with ``weights_only=True``.
 
@@ -120,6 +122,9 @@ def load_model(
         dtype: ``float32`` | ``bfloat16`` (applied as autocast at inference; weights stay float32).
         video: build ``SAM2VideoPredictor`` (the video model class) instead of ``SAM2Base``.
         hydra_overrides: extra sam2 config overrides, e.g. ``["++model.image_size=256"]``.
+        sam2_exact: leave the network exactly as sam2 builds it, as references and upstream baselines need.
+            By default the mask decoder's transformer is wrapped (``models.mask_decoder``: channels-last inputs on
+            CPU, and a stop after the transformer for automatic masks); the network and weights are sam2's.
     """
     from sam2.build_sam import build_sam2, build_sam2_video_predictor
 
@@ -144,5 +149,7 @@ def load_model(
             f"({type(exc).__name__}: {str(exc)[:300]}); is the file complete and for this model size?"
         ) from exc
     model = model.to(torch_device).eval()
+    if not sam2_exact:
+        wrap_mask_decoder(model)
     logger.info("loaded %s from %s on %s (%s)", spec.name, path, torch_device, dtype)
     return LoadedModel(model, spec, path, file_sha256(path), torch_device, dtype)

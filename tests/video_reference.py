@@ -21,7 +21,8 @@ def load_reference(checkpoint, overrides=TRACKER_OVERRIDES):
     from models.loader import load_model
     from models.video import fix_memory_dtype
 
-    loaded = load_model("sam2.1-hiera-tiny", checkpoint, "cpu", video=True, hydra_overrides=list(overrides))
+    loaded = load_model("sam2.1-hiera-tiny", checkpoint, "cpu", video=True, hydra_overrides=list(overrides),
+                        sam2_exact=True)
     fix_memory_dtype(loaded.model)
     return loaded
 

@@ -106,12 +106,32 @@ def test_generate_equals_upstream_one_mask_per_point(image_model, groceries_rgb,
     ours = amg.generate(image_model, groceries_rgb, params)
     ref = upstream_masks(str(tiny_checkpoint), str(groceries_path), params)
     assert_same_masks([(m.mask, m.score, m.stability_score) for m in ours.masks], ref, expected_count=64)
+    # Our decoder's logits differ from sam2's by < 1e-6 (models/mask_decoder.py), which may flip a pixel whose logit
+    # sits on the threshold: areas within a few pixels, boxes within one.
     for m, r in zip(ours.masks, ref):
-        assert m.area == r["area"]
+        assert m.area == pytest.approx(r["area"], rel=1e-4, abs=2)
         x0, y0, x1, y1 = m.bbox
-        assert [x0, y0, x1 - x0, y1 - y0] == r["bbox"]  # upstream's XYWH of the same inclusive box
+        assert np.abs(np.subtract([x0, y0, x1 - x0, y1 - y0], r["bbox"])).max() <= 1  # upstream's XYWH, inclusive
         assert list(m.point) == pytest.approx(r["point_coords"][0])
-    assert ours.stats == {"crops": 1, "batches": 1, "candidates": 64, "upsampled": 64, "survivors": 64}
+    assert ours.stats == {"crops": 1, "batches": 1, "candidates": 64, "upsampled": 64, "survivors": 64,
+                          "stopped": 0}
+
+
+@pytest.mark.parametrize("multimask_output", [False, True])
+def test_iou_threshold_equals_upstream_and_stops_hopeless_prompts(image_model, groceries_rgb, groceries_path,
+                                                                  tiny_checkpoint, multimask_output):
+    """With pred_iou_thresh between the grid's predicted IoUs, prompts that cannot pass it stop after the decoder's
+    transformer (models.mask_decoder), and the output is still upstream's."""
+    base = dict(points_per_side=8, multimask_output=multimask_output, stability_score_thresh=0.0, box_nms_thresh=1.0)
+    everything = amg.generate(image_model, groceries_rgb, amg.AmgParams(**base, pred_iou_thresh=0.0))
+    scores = sorted(m.score for m in everything.masks)
+    thresh = scores[len(scores) * 3 // 4]  # a quarter of the masks above it
+    params = amg.AmgParams(**base, pred_iou_thresh=thresh)
+    ours = amg.generate(image_model, groceries_rgb, params)
+    ref = upstream_masks(str(tiny_checkpoint), str(groceries_path), params)
+    assert 0 < len(ref) < len(everything.masks)
+    assert_same_masks([(m.mask, m.score, m.stability_score) for m in ours.masks], ref, expected_count=len(ref))
+    assert ours.stats["stopped"] > 0 and ours.stats["upsampled"] == len(ours.masks)
 
 
 def test_iou_filter_runs_before_upsampling(image_model, groceries_embedding, groceries_rgb):
@@ -126,9 +146,15 @@ def test_iou_filter_runs_before_upsampling(image_model, groceries_embedding, gro
     above = everything.iou_preds > thresh
     assert 0 < above.sum() < len(points)
     assert filtered.candidates == len(points) and filtered.upsampled == int(above.sum()) == len(filtered)
-    np.testing.assert_array_equal(filtered.iou_preds, everything.iou_preds[above])
-    np.testing.assert_array_equal(filtered.boxes, everything.boxes[above])
-    assert filtered.rles == [r for r, keep in zip(everything.rles, above) if keep]
+    # The prompts under the threshold stopped after the transformer; the rest were decoded as a smaller batch, whose
+    # arithmetic may round differently in the last bit.
+    assert filtered.stopped > 0
+    np.testing.assert_allclose(filtered.iou_preds, everything.iou_preds[above], atol=1e-6)
+    assert np.abs(filtered.boxes - everything.boxes[above]).max() <= 1
+    from pycocotools import mask as mask_utils
+
+    ious = mask_utils.iou(filtered.rles, [r for r, keep in zip(everything.rles, above) if keep], [0] * len(filtered))
+    assert np.diag(ious).min() > 0.999
 
     # The stability filter keeps exactly the masks at least that stable.
     s_thresh = float(np.median(everything.stability))

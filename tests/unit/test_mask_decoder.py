@@ -1,0 +1,75 @@
+"""models.mask_decoder: sam2's mask decoder, wrapped, computes what sam2's computes; stop and resume give the same."""
+
+import numpy as np
+import pytest
+import torch
+
+from models import mask_decoder
+from models.loader import load_model
+
+
+@pytest.fixture(scope="module")
+def plain_and_ours(tiny_checkpoint):
+    return (load_model("sam2.1-hiera-tiny", tiny_checkpoint, device="cpu", sam2_exact=True).model,
+            load_model("sam2.1-hiera-tiny", tiny_checkpoint, device="cpu").model)
+
+
+def _inputs(prompts: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    image = torch.randn(1, 256, 64, 64, generator=g)
+    high_res = [torch.randn(1, 32, 256, 256, generator=g), torch.randn(1, 64, 128, 128, generator=g)]
+    points = torch.rand(prompts, 2, 2, generator=g) * 1024
+    labels = torch.tensor([[1, 0]] * prompts)
+    return image, high_res, points, labels
+
+
+def _decode(model, image, high_res, points, labels, multimask_output=True):
+    """What SAM2ImagePredictor._predict asks of the decoder, for ``points``/``labels`` (N x 2 x 2, N x 2)."""
+    with torch.inference_mode():
+        sparse, dense = model.sam_prompt_encoder(points=(points, labels), boxes=None, masks=None)
+        return model.sam_mask_decoder(
+            image_embeddings=image, image_pe=model.sam_prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask_output,
+            repeat_image=points.shape[0] > 1, high_res_features=high_res)
+
+
+def test_loader_wraps_unless_asked_for_sam2_exact(plain_and_ours):
+    plain, ours = plain_and_ours
+    assert not mask_decoder.can_stop(plain) and mask_decoder.can_stop(ours)
+    assert ours.sam_mask_decoder.transformer.transformer.__class__ is plain.sam_mask_decoder.transformer.__class__
+
+
+@pytest.mark.parametrize("prompts", [1, 5])
+def test_outputs_match_sam2(plain_and_ours, prompts):
+    """A click (one prompt, the image not repeated) and a batch (the image repeated per prompt, as in AMG)."""
+    plain, ours = plain_and_ours
+    inputs = _inputs(prompts)
+    (ref_masks, ref_iou, ref_tokens, _), (masks, iou, tokens, _) = _decode(plain, *inputs), _decode(ours, *inputs)
+    assert masks.shape == ref_masks.shape == (prompts, 3, 256, 256)
+    assert ref_masks.abs().max() > 1  # not a degenerate comparison
+    np.testing.assert_allclose(masks.numpy(), ref_masks.numpy(), atol=1e-4, rtol=1e-5)
+    np.testing.assert_allclose(iou.numpy(), ref_iou.numpy(), atol=1e-5)
+    np.testing.assert_allclose(tokens.numpy(), ref_tokens.numpy(), atol=1e-5)
+    assert ((masks > 0) == (ref_masks > 0)).float().mean() > 0.9999
+
+
+def test_stop_gives_sam2s_ious_and_resume_its_masks(plain_and_ours):
+    plain, ours = plain_and_ours
+    image, high_res, points, labels = _inputs(6, seed=1)
+    ref_masks, ref_iou, _, _ = _decode(plain, image, high_res, points, labels, multimask_output=False)
+    with torch.inference_mode():
+        out = mask_decoder.transformer_pass(ours, lambda: _decode(ours, image, high_res, points, labels, False))
+    assert out.ious.shape == (6, 4)
+    # multimask_output=False reports the single-mask token's IoU, or (dynamic multimask) one of the other three.
+    assert all(any(abs(float(r) - float(x)) < 1e-5 for x in row) for r, row in zip(ref_iou[:, 0], out.ious))
+    keep = torch.tensor([4, 1, 2])
+    with torch.inference_mode():
+        masks, iou, _, _ = mask_decoder.resume(
+            ours, out, keep, lambda: _decode(ours, image, high_res, points[keep], labels[keep], False))
+    np.testing.assert_allclose(masks.numpy(), ref_masks[keep].numpy(), atol=1e-4, rtol=1e-5)
+    np.testing.assert_allclose(iou.numpy(), ref_iou[keep].numpy(), atol=1e-5)
+    # The wrapper is back to normal afterwards, and a resume with other prompts than the pass's is refused.
+    np.testing.assert_allclose(_decode(ours, image, high_res, points, labels, False)[0].numpy(), ref_masks.numpy(),
+                               atol=1e-4, rtol=1e-5)
+    with pytest.raises(RuntimeError, match="other prompts"), torch.inference_mode():
+        mask_decoder.resume(ours, out, keep, lambda: _decode(ours, image, high_res, points[:3], labels[:3], False))
