@@ -33,6 +33,11 @@ class _Stop(Exception):
     """Raised inside sam2's decode once the transformer has run (``transformer_pass``); never leaves this module."""
 
 
+# What a transformer_pass/resume running on this thread asks of the wrapper: (mode, outputs, keep), and the outputs
+# a stopped pass leaves. Per thread, outside the module, so that the model stays deep-copyable and picklable.
+_tap = threading.local()
+
+
 @dataclass(frozen=True)
 class TransformerOutputs:
     """The transformer's outputs for a batch of B prompts, and what sam2's IoU head makes of them.
@@ -55,11 +60,10 @@ class DecoderTransformer(torch.nn.Module):
     def __init__(self, transformer: torch.nn.Module):
         super().__init__()
         self.transformer = transformer
-        self._tap = threading.local()  # (mode, outputs, keep) of a transformer_pass/resume on this thread
 
     def forward(self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor):
         """``image_embedding``, ``image_pe``: B x C x H x W; ``point_embedding``: B x T x C (see sam2's module)."""
-        mode, saved, keep = getattr(self._tap, "state", (None, None, None))
+        mode, saved, keep = getattr(_tap, "state", (None, None, None))
         if mode == "resume":
             if not torch.allclose(point_embedding, saved.prompts[keep], atol=1e-5):
                 raise RuntimeError("resume() was given other prompts than the transformer_pass it resumes")
@@ -72,20 +76,10 @@ class DecoderTransformer(torch.nn.Module):
             image_embedding = image_embedding.contiguous(memory_format=torch.channels_last)
         tokens, image = self.transformer(image_embedding, image_pe, point_embedding)
         if mode == "stop":
-            self._tap.stopped = (tokens, image, point_embedding)
+            _tap.stopped = (tokens, image, point_embedding)
             raise _Stop
         return tokens, image
 
-    @contextlib.contextmanager
-    def _state(self, mode: str, saved: Any = None, keep: Any = None):
-        if getattr(self._tap, "state", (None,))[0] is not None:
-            raise RuntimeError("transformer_pass/resume do not nest")
-        self._tap.state = (mode, saved, keep)
-        try:
-            yield
-        finally:
-            self._tap.state = (None, None, None)
-            self._tap.stopped = None
 
 
 def wrap_mask_decoder(model: torch.nn.Module) -> torch.nn.Module:
@@ -96,26 +90,33 @@ def wrap_mask_decoder(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def _wrapper(model: torch.nn.Module) -> DecoderTransformer:
-    transformer = model.sam_mask_decoder.transformer
-    if not isinstance(transformer, DecoderTransformer):
-        raise TypeError("the model's mask decoder is not wrapped (models.mask_decoder.wrap_mask_decoder)")
-    return transformer
-
-
 def can_stop(model: torch.nn.Module) -> bool:
+    """Whether ``model``'s mask decoder is wrapped, so that ``transformer_pass`` and ``resume`` work on it."""
     return isinstance(model.sam_mask_decoder.transformer, DecoderTransformer)
+
+
+@contextlib.contextmanager
+def _tapped(model: torch.nn.Module, mode: str, saved: Any = None, keep: Any = None):
+    if not can_stop(model):
+        raise TypeError("the model's mask decoder is not wrapped (models.mask_decoder.wrap_mask_decoder)")
+    if getattr(_tap, "state", (None,))[0] is not None:
+        raise RuntimeError("transformer_pass/resume do not nest")
+    _tap.state = (mode, saved, keep)
+    try:
+        yield
+    finally:
+        _tap.state = (None, None, None)
+        _tap.stopped = None
 
 
 def transformer_pass(model: torch.nn.Module, decode: Callable[[], Any]) -> TransformerOutputs:
     """Run ``decode`` (a sam2 call that reaches ``model.sam_mask_decoder`` once, e.g. ``SAM2ImagePredictor._predict``)
     up to the end of the transformer; its outputs and the predicted IoUs that sam2's IoU head gives them."""
-    wrapper = _wrapper(model)
-    with wrapper._state("stop"):
+    with _tapped(model, "stop"):
         try:
             decode()
         except _Stop:
-            tokens, image, prompts = wrapper._tap.stopped
+            tokens, image, prompts = _tap.stopped
         else:
             raise RuntimeError("decode() never reached the mask decoder's transformer")
     decoder = model.sam_mask_decoder
@@ -127,5 +128,5 @@ def transformer_pass(model: torch.nn.Module, decode: Callable[[], Any]) -> Trans
 def resume(model: torch.nn.Module, outputs: TransformerOutputs, keep: torch.Tensor, decode: Callable[[], Any]) -> Any:
     """Run ``decode`` (the same sam2 call as the ``transformer_pass``, for the prompts ``keep`` indexes, in that
     order) with the transformer's outputs taken from ``outputs``: the rest of sam2's decoder runs as usual."""
-    with _wrapper(model)._state("resume", outputs, keep):
+    with _tapped(model, "resume", outputs, keep):
         return decode()

@@ -1,5 +1,7 @@
 """models.mask_decoder: sam2's mask decoder, wrapped, computes what sam2's computes; stop and resume give the same."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -37,6 +39,10 @@ def test_loader_wraps_unless_asked_for_sam2_exact(plain_and_ours):
     plain, ours = plain_and_ours
     assert not mask_decoder.can_stop(plain) and mask_decoder.can_stop(ours)
     assert ours.sam_mask_decoder.transformer.transformer.__class__ is plain.sam_mask_decoder.transformer.__class__
+    assert set(ours.state_dict()) == {k.replace("transformer.", "transformer.transformer.", 1)
+                                      if k.startswith("sam_mask_decoder.transformer.") else k
+                                      for k in plain.state_dict()}  # the same weights, one level deeper
+    copy.deepcopy(ours.sam_mask_decoder)  # no per-thread state on the module
 
 
 @pytest.mark.parametrize("prompts", [1, 5])
