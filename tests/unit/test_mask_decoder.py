@@ -79,3 +79,17 @@ def test_stop_gives_sam2s_ious_and_resume_its_masks(plain_and_ours):
                                atol=1e-4, rtol=1e-5)
     with pytest.raises(RuntimeError, match="other prompts"), torch.inference_mode():
         mask_decoder.resume(ours, out, keep, lambda: _decode(ours, image, high_res, points[:3], labels[:3], False))
+
+
+def test_each_positional_encoding_is_used_as_given(plain_and_ours):
+    """The wrapper keeps the last encoding in channels-last storage; another one must not be answered from it."""
+    plain, ours = plain_and_ours
+    g = torch.Generator().manual_seed(2)
+    image, tokens = torch.randn(2, 256, 64, 64, generator=g), torch.randn(2, 8, 256, generator=g)
+    for _ in range(2):
+        pe = torch.randn(1, 256, 64, 64, generator=g).repeat(2, 1, 1, 1)
+        with torch.inference_mode():
+            ref_tokens, ref_image = plain.sam_mask_decoder.transformer(image, pe, tokens)
+            got_tokens, got_image = ours.sam_mask_decoder.transformer(image, pe, tokens)
+        np.testing.assert_allclose(got_tokens.numpy(), ref_tokens.numpy(), atol=1e-4)
+        np.testing.assert_allclose(got_image.numpy(), ref_image.numpy(), atol=1e-4)
