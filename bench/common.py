@@ -41,7 +41,8 @@ def replica_rss_mib() -> dict[str, float]:
     for proc in psutil.process_iter(["cmdline"]):
         cmd = " ".join(proc.info.get("cmdline") or [])
         if "ServeReplica:" in cmd:
-            name = cmd.split("ServeReplica:", 1)[1].split()[0]
+            # "ray::ServeReplica:app:Deployment", with ".method" appended while the replica is busy
+            name = cmd.split("ServeReplica:", 1)[1].split()[0].split(".", 1)[0]
             try:
                 out[name] = out.get(name, 0.0) + proc.memory_info().rss / 2**20
             except psutil.Error:
