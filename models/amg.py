@@ -308,11 +308,11 @@ def _decode_batch(model, emb, points, crop_box, orig_hw, params: AmgParams, upsa
     # upscaling (models.mask_decoder). The margin covers rounding between the stopped pass and a full one.
     skip_hopeless = params.pred_iou_thresh > 0.0 and not params.use_m2m and mask_decoder.can_stop(model.loaded.model)
     min_iou = params.pred_iou_thresh - _IOU_MARGIN[model.loaded.dtype]
+    decode = lambda r: view._predict(in_points[r, None, :], in_labels[r, None],  # noqa: E731
+                                     multimask_output=params.multimask_output, return_logits=True)
     parts, decoded, stopped = [], [], 0
     for i in range(0, in_points.shape[0], decoder_points):
         rows = torch.arange(i, min(i + decoder_points, in_points.shape[0]), device=device)
-        decode = lambda r: view._predict(in_points[r, None, :], in_labels[r, None],  # noqa: E731
-                                         multimask_output=params.multimask_output, return_logits=True)
         if skip_hopeless:
             kept, part = _decode_hopeful(model.loaded.model, decode, rows, min_iou)
             stopped += len(rows) - len(kept)

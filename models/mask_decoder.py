@@ -89,8 +89,7 @@ class DecoderTransformer(torch.nn.Module):
         if last is None or last[0].shape != pe.shape or last[0].dtype != pe.dtype or last[0].device != pe.device \
                 or not torch.equal(last[0], pe):
             with torch.inference_mode(False):  # kept as normal tensors, usable in and out of inference mode
-                last = self._pe = (pe.clone(), pe.contiguous(memory_format=torch.channels_last).clone(
-                    memory_format=torch.channels_last))
+                last = self._pe = (pe.clone(), pe.clone(memory_format=torch.channels_last))
         return last[1]
 
 
