@@ -22,10 +22,10 @@ COPY --chown=ray:users web ./web
 RUN pip install --no-cache-dir .
 
 # The checkpoint is baked in: pods start without a download and without a shared volume (see README, "Deploy on
-# Kubernetes"). models.loader looks in SAM2_SERVE_CHECKPOINT_DIR first; the build fetches the file from the
+# Kubernetes"). sam2_serve.models.loader looks in SAM2_SERVE_CHECKPOINT_DIR first; the build fetches the file from the
 # Hugging Face Hub into it. Bake another size with --build-arg SAM2_MODEL=sam2.1-hiera-large (and name it in
 # serve_config.yaml).
 ENV SAM2_SERVE_CHECKPOINT_DIR=/home/ray/checkpoints
 ARG SAM2_MODEL=sam2.1-hiera-base-plus
-RUN python -c "from models.loader import resolve_checkpoint; from models.registry import get_spec; \
+RUN python -c "from sam2_serve.models.loader import resolve_checkpoint; from sam2_serve.models.registry import get_spec; \
 print(resolve_checkpoint(get_spec('${SAM2_MODEL}')))"

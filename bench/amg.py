@@ -88,7 +88,7 @@ def child_upstream(ckpt: str, model: str, image: str, params_json: str, out: str
     from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
     from sam2.build_sam import build_sam2
 
-    from models.registry import get_spec
+    from sam2_serve.models.registry import get_spec
 
     warnings.filterwarnings("ignore", category=UserWarning)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -138,8 +138,8 @@ class Served:
         import requests
         from ray import serve
 
-        from deployments.app import build_app
-        from tests.integration.conftest import free_port
+        from sam2_serve.deployments.app import build_app
+        from sam2_serve.testing import free_port
 
         ray.init(num_cpus=4, include_dashboard=False)
         port = free_port()
@@ -188,7 +188,7 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
 
-    from common.images import decode_image, image_id
+    from sam2_serve.common.images import decode_image, image_id
 
     ckpt = bench_checkpoint(args.model)
     image = Path(args.image)

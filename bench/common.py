@@ -10,17 +10,12 @@ from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("SAM2_SERVE_TEST_DATA", ROOT.parent / "shared" / "data"))
+from sam2_serve.testing import DATA, cached_checkpoint  # noqa: F401 (DATA: the benchmarks' inputs)
 
 
 def bench_checkpoint(model: str, seed: int = 0) -> Path:
     """A seeded random checkpoint of ``model`` under /tmp (real weights cannot be downloaded here)."""
-    from models.registry import get_spec
-    from tests.checkpoints import write_checkpoint
-
-    path = Path(os.environ.get("SAM2_SERVE_BENCH_DIR", "/tmp/sam2-serve-bench")) / get_spec(model).hf_file
-    return path if path.is_file() else write_checkpoint(path, model, seed=seed)
+    return cached_checkpoint(model, Path(os.environ.get("SAM2_SERVE_BENCH_DIR", "/tmp/sam2-serve-bench")), seed)
 
 
 def machine() -> str:

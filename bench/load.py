@@ -239,7 +239,7 @@ def parse_mix(text: str) -> dict[str, float]:
 
 
 def default_workload(data: Path, video_frames: int = 3, image: str = "truck.jpg") -> Workload:
-    from common.videos import encode_video
+    from sam2_serve.common.videos import encode_video
 
     rgb = np.asarray(Image.open(data / "images" / image).convert("RGB"))
     import av
@@ -278,8 +278,8 @@ def main() -> None:
         headers["Authorization"] = "Bearer " + Path(args.api_key_file).read_text().strip()
     started = args.url is None
     if started:
-        from deployments.app import build_app
-        from tests.integration.conftest import free_port
+        from sam2_serve.deployments.app import build_app
+        from sam2_serve.testing import free_port
 
         ray.init(num_cpus=4, include_dashboard=False,
                  runtime_env={"env_vars": dict(e.split("=", 1) for e in args.env)} if args.env else None)

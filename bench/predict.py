@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from bench.common import DATA, bench_checkpoint, machine, p50, replica_rss_mib, table, timed
-from common.images import decode_image
+from sam2_serve.common.images import decode_image
 
 
 def variants(rgb: np.ndarray, n: int) -> list[bytes]:
@@ -46,7 +46,7 @@ def upstream_predictor(ckpt, model: str):
     from sam2.build_sam import build_sam2
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-    from models.registry import get_spec
+    from sam2_serve.models.registry import get_spec
 
     return SAM2ImagePredictor(build_sam2(get_spec(model).config, str(ckpt), device="cpu"))
 
@@ -55,8 +55,8 @@ def start_app(ckpt, model: str):
     import ray
     from ray import serve
 
-    from deployments.app import build_app
-    from tests.integration.conftest import free_port
+    from sam2_serve.deployments.app import build_app
+    from sam2_serve.testing import free_port
 
     ray.init(num_cpus=4, include_dashboard=False)
     port = free_port()
@@ -133,9 +133,9 @@ def measure(ckpt, model: str, jpegs: list[bytes], point, clicks: int, clients: i
 
 def bf16_encoder(ckpt, model: str, rgb: np.ndarray, point):
     """Encoder seconds in float32 and bfloat16 (best of 2), and the IoU of the masks they lead to."""
-    from common.types import ObjectPrompt
-    from models.image import ImageModel
-    from models.loader import load_model
+    from sam2_serve.common.types import ObjectPrompt
+    from sam2_serve.models.image import ImageModel
+    from sam2_serve.models.loader import load_model
 
     h, w = rgb.shape[:2]
     prompt = ObjectPrompt(np.array([[point[0] * w, point[1] * h]], np.float32), np.array([1], np.int32))

@@ -1,4 +1,4 @@
-"""Video tracking: ``models.video`` (what the VideoTracker runs) against upstream ``SAM2VideoPredictor``, side by side.
+"""Video tracking: ``sam2_serve.models.video`` (what the VideoTracker runs) against upstream ``SAM2VideoPredictor``, side by side.
 
     .venv/bin/python -m bench.video [--model sam2.1-hiera-base-plus] [--frames 6] [--memory-frames 100 1000]
 
@@ -9,7 +9,7 @@ Targets (issue 4), on bedroom.mp4 (960x540), one click on frame 0:
   memory        peak RSS tracking a 1000-frame video <= 1.2x a 100-frame one at the same resolution, clips
                 re-encoded from bedroom frames with PyAV; tiny model at ``++model.image_size=256`` (~0.25 s a frame)
                 so 1000 frames stay short; each run in its own process; upstream's figures beside ours
-Ours runs with the allocator environment of a tracker replica (``deployments.app.MODEL_MALLOC_ENV``: activations
+Ours runs with the allocator environment of a tracker replica (``sam2_serve.deployments.app.MODEL_MALLOC_ENV``: activations
 stay in the heap instead of fresh mmaps); upstream as a user runs it, and for reference with that environment too.
 Upstream reads its frames through its JPEG-folder loader (decord is not installed); the frames are the same
 PyAV-decoded pixels. Random-weight checkpoints: speed and memory do not depend on the weights' values.
@@ -36,7 +36,7 @@ VIDEO = DATA / "videos" / "bedroom.mp4"
 
 
 def _frames(count: int) -> list[np.ndarray]:
-    from tests.video_reference import decode_frames
+    from sam2_serve.testing import decode_frames
 
     return decode_frames(VIDEO, count)
 
@@ -45,8 +45,8 @@ def _load(model: str, checkpoint: Path, overrides: list[str], ours: bool):
     """The video model; ``ours=False``: exactly as sam2 builds it (the upstream side)."""
     import torch
 
-    from models.loader import load_model
-    from models.video import fix_memory_dtype
+    from sam2_serve.models.loader import load_model
+    from sam2_serve.models.video import fix_memory_dtype
 
     torch.set_num_threads(os.cpu_count() or 1)
     loaded = load_model(model, checkpoint, "cpu", video=True, hydra_overrides=overrides, sam2_exact=not ours)
@@ -56,8 +56,9 @@ def _load(model: str, checkpoint: Path, overrides: list[str], ours: bool):
 
 def ours_run(loaded, video: bytes, frames: int) -> dict:
     """Time to first frame and per-frame times of our stream over the first ``frames`` frames."""
-    from common.videos import FrameReader, VideoObjectPrompt
-    from models.video import VideoModel
+    from sam2_serve.common.videos import FrameReader
+    from sam2_serve.common.types import VideoObjectPrompt
+    from sam2_serve.models.video import VideoModel
 
     model = VideoModel(loaded)
     t0 = time.perf_counter()
@@ -94,8 +95,8 @@ def upstream_run(loaded, frames_dir: Path) -> dict:
 
 
 def replica_env() -> dict[str, str]:
-    """The allocator environment a VideoTracker replica runs with (``deployments.app``)."""
-    from deployments.app import MODEL_MALLOC_ENV
+    """The allocator environment a VideoTracker replica runs with (``sam2_serve.deployments.app``)."""
+    from sam2_serve.deployments.app import MODEL_MALLOC_ENV
 
     return dict(MODEL_MALLOC_ENV)
 
@@ -112,7 +113,7 @@ def _speed_child(kind: str, video: str, model: str, checkpoint: str, n: int) -> 
     """Child process: time ``n`` frames of ours or of upstream, on a worker thread as in a replica; print JSON."""
     import threading
 
-    from tests.video_reference import write_frames_dir
+    from sam2_serve.testing import write_frames_dir
 
     loaded = _load(model, Path(checkpoint), [], ours=kind == "speed-ours")
     out: dict = {}
@@ -170,7 +171,7 @@ def speed(model: str, n: int) -> tuple[list[tuple], dict]:
 
 def _clip(count: int, path: Path) -> Path:
     """``count`` frames at 960x540: bedroom's 200 frames, forward then backward, re-encoded with PyAV (H.264)."""
-    from common.videos import encode_video
+    from sam2_serve.common.videos import encode_video
 
     base = _frames(200)
     cycle = base + base[::-1]
@@ -199,7 +200,7 @@ def _memory_child(kind: str, video: str, model: str, checkpoint: str) -> None:
     else:
         import torch
 
-        from tests.video_reference import decode_frames, write_frames_dir
+        from sam2_serve.testing import decode_frames, write_frames_dir
 
         with tempfile.TemporaryDirectory() as d:
             frames = decode_frames(video, 10**9)

@@ -1,13 +1,15 @@
-"""Python client and command line of sam2-serve (SAM 2.1 served with Ray Serve).
+"""sam2-serve: SAM 2.1 (Segment Anything 2.1) served with Ray Serve.
+
+``import sam2_serve`` is the light Python client (``sam2_serve.client``: requests, numpy, pillow). The server
+(``sam2_serve.deployments``, ``sam2_serve.models``, ...) needs the ``server`` extra: ``pip install sam2-serve[server]``.
 
 The data types follow the hosted SAM 2 model's SDK, so its examples run after changing the imports and the
-``Model(...)`` line. Light: ``requests``, ``numpy`` and ``pillow`` (PyAV only for ``sam2-serve track``).
+``Model(...)`` line.
 """
 
-from sam2_serve.client import FrameStream, Model, Regions, Session, __version__
-from sam2_serve.errors import (AuthenticationError, ClientError, ConnectionFailed, RequestTimeout, Sam2ServeError,
-                               ServerBusy, ServerError, ServiceUnavailable, StreamError)
-from sam2_serve.types import Concept, Frame, Image, Region, Video
+from sam2_serve.client import (AuthenticationError, ClientError, Concept, ConnectionFailed, Frame, FrameStream, Image,
+                               Model, Regions, RequestTimeout, Region, Sam2ServeError, ServerBusy, ServerError,
+                               ServiceUnavailable, Session, StreamError, Video, __version__)
 
 __all__ = ["Model", "Regions", "Session", "FrameStream", "Image", "Video", "Region", "Concept", "Frame",
            "Sam2ServeError", "ClientError", "AuthenticationError", "ServerError", "ServiceUnavailable", "ServerBusy",

@@ -13,7 +13,7 @@ What it derives from ``serve_config.yaml``, per manifest (``k8s/base`` and each 
   GPUs would only sit pending.
 
 Everything else (placements, batching, autoscaling targets, HTTP options) is copied as it is. Which deployments
-use GPUs is read from the application itself: ``deployments.app.build_app`` is bound with ``device: cuda``.
+use GPUs is read from the application itself: ``sam2_serve.deployments.app.build_app`` is bound with ``device: cuda``.
 
 It also holds ``kustomize_build``, the subset of ``kubectl kustomize`` the manifests use (resources, images,
 JSON 6902 patches), so the rendered overlays can be checked where kubectl is not installed.
@@ -147,7 +147,7 @@ def gpu_shares(app: dict) -> dict[str, float]:
     sys.path.insert(0, str(ROOT))
     from ray.serve._private.build_app import build_app as build_serve_app
 
-    from deployments.app import build_app
+    from sam2_serve.deployments.app import build_app
 
     args = dict(app.get("args") or {}, device="cuda")
     built = build_serve_app(build_app(args), name=app["name"])

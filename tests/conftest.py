@@ -1,25 +1,14 @@
-"""Fixtures shared by unit and integration tests: data files and test-written checkpoints."""
+"""Fixtures shared by unit and integration tests: the shipped test media and test-written checkpoints."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.checkpoints import write_checkpoint
-
-ROOT = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("SAM2_SERVE_TEST_DATA", ROOT.parent / "shared" / "data"))
-
-
-def _data(rel: str) -> Path:
-    path = DATA / rel
-    if not path.is_file():
-        pytest.skip(f"test data {path} not found: set SAM2_SERVE_TEST_DATA to a folder with images/ and videos/")
-    return path
+from sam2_serve.testing import DATA, data, write_checkpoint
 
 
 @pytest.fixture(scope="session")
@@ -29,17 +18,17 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def truck_path() -> Path:
-    return _data("images/truck.jpg")
+    return data("images/truck.jpg")
 
 
 @pytest.fixture(scope="session")
 def groceries_path() -> Path:
-    return _data("images/groceries.jpg")
+    return data("images/groceries.jpg")
 
 
 @pytest.fixture(scope="session")
 def bedroom_path() -> Path:
-    return _data("videos/bedroom.mp4")
+    return data("videos/bedroom.mp4")
 
 
 @pytest.fixture(scope="session")

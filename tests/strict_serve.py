@@ -4,7 +4,7 @@ Ray's schemas (``ray.serve.schema.ServeDeploySchema`` and the models under it, `
 unknown keys: a misspelt ``max_replica`` is dropped without a word and the default applies. ``serve_config_problems``
 parses with Ray's own schema and then walks the same pydantic models to report every key they do not declare,
 validates every ``autoscaling_config`` with ``ray.serve.config.AutoscalingConfig`` and the application ``args``
-with ``deployments.app.AppArgs`` (which forbids unknown keys itself).
+with ``sam2_serve.deployments.app.AppArgs`` (which forbids unknown keys itself).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def serve_config_problems(config: dict) -> list[str]:
     from ray.serve.config import AutoscalingConfig
     from ray.serve.schema import ServeDeploySchema
 
-    from deployments.app import AppArgs
+    from sam2_serve.deployments.app import AppArgs
 
     try:
         ServeDeploySchema.model_validate(config)
@@ -73,7 +73,7 @@ def serve_config_problems(config: dict) -> list[str]:
     problems = unknown_keys(ServeDeploySchema, config)
     for i, app in enumerate(config.get("applications", [])):
         where = f"applications.{i}"
-        if app.get("import_path") == "deployments.app:build_app":
+        if app.get("import_path") == "sam2_serve.deployments.app:build_app":
             try:
                 AppArgs.model_validate(app.get("args") or {})
             except ValidationError as exc:

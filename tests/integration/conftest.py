@@ -1,23 +1,17 @@
 """One Ray cluster and one Serve application for the whole test session, on 127.0.0.1.
 
 Starting Ray and Serve costs ~10-15 s and each replica loads a model, so every integration test shares them.
-The application is the real one (``deployments.app:build_app``) with a test-written tiny checkpoint on CPU.
+The application is the real one (``sam2_serve.deployments.app:build_app``) with a test-written tiny checkpoint on CPU.
 """
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import requests
 
+from sam2_serve.testing import free_port
+
 APP_NAME = "sam2"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def app_args(checkpoint) -> dict:
@@ -50,7 +44,7 @@ def serve_app(ray_cluster, tiny_checkpoint):
     """(base_url, app handle) of the shared application."""
     from ray import serve
 
-    from deployments.app import build_app
+    from sam2_serve.deployments.app import build_app
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})

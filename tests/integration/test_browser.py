@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.masks import decode_png
-from common.videos import encode_video
+from sam2_serve.common.masks import decode_png
+from sam2_serve.common.videos import encode_video
 from tests.integration.conftest import assert_healthy
-from tests.video_reference import decode_frames
+from sam2_serve.testing import decode_frames
 
 pytestmark = pytest.mark.integration
 

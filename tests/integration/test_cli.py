@@ -13,10 +13,10 @@ import pytest
 from PIL import Image as PILImage
 
 from sam2_serve import Concept, Frame, Model, Region
-from sam2_serve.cli import main
-from sam2_serve.render import overlay
+from sam2_serve.client.cli import main
+from sam2_serve.client.render import overlay
 from tests.integration.test_client import CLIP_FRAMES, short_clip  # noqa: F401 (a fixture)
-from tests.video_reference import decode_frames
+from sam2_serve.testing import decode_frames
 
 pytestmark = pytest.mark.integration
 

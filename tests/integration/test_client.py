@@ -11,12 +11,12 @@ import json
 import numpy as np
 import pytest
 
-from common.masks import decode_png
-from common.videos import encode_video
+from sam2_serve.common.masks import decode_png
+from sam2_serve.common.videos import encode_video
 from sam2_serve import ClientError, Concept, Frame, Image, Model, Region, Video
 from tests.integration.conftest import assert_healthy
-from tests.unit.test_amg import KEEP_ALL
-from tests.video_reference import decode_frames
+from sam2_serve.testing import KEEP_ALL
+from sam2_serve.testing import decode_frames
 
 pytestmark = pytest.mark.integration
 

@@ -60,7 +60,7 @@ def faults(serve_app, tiny_checkpoint, tmp_path_factory):
     """Base URL of the hardened app, deployed for this module and deleted after it."""
     from ray import serve
 
-    from deployments.app import build_app
+    from sam2_serve.deployments.app import build_app
 
     key_file = tmp_path_factory.mktemp("secret") / "api-key"
     key_file.write_text(f"# sam2-faults test key\n{KEY}\n")
@@ -185,7 +185,7 @@ def test_browser_page_open_with_auth_on(faults, http, api):
 
 
 def _clip(n: int, w: int, h: int, fps: int) -> bytes:
-    from common.videos import encode_video
+    from sam2_serve.common.videos import encode_video
 
     rng = np.random.default_rng(n)
     frames = [np.full((h, w, 3), rng.integers(0, 255, 3), np.uint8) for _ in range(n)]
@@ -388,7 +388,7 @@ def test_corrupt_checkpoint_is_reported_in_serve_status(serve_app, tiny_checkpoi
     from ray import serve
     from ray.serve._private.common import DeploymentStatus
 
-    from deployments.app import build_app
+    from sam2_serve.deployments.app import build_app
 
     serve.delete(APP)  # the last test here: free the fault app's memory before starting more model replicas
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import requests
 
-from common.masks import decode_png, decode_rle, encode_png
+from sam2_serve.common.masks import decode_png, decode_rle, encode_png
 from tests.integration.conftest import assert_healthy
-from tests.video_reference import (assert_same_mask, decode_frames, load_reference, upstream_run,
+from sam2_serve.testing import (assert_same_mask, decode_frames, load_video_reference, upstream_run,
                                    write_frames_dir)
 
 pytestmark = pytest.mark.integration
@@ -28,7 +28,7 @@ def video(bedroom_path) -> bytes:
 
 @pytest.fixture(scope="module")
 def reference(tiny_checkpoint):
-    return load_reference(tiny_checkpoint).model
+    return load_video_reference(tiny_checkpoint).model
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_streams_early_and_disconnect_stops_work(base_url, video, deployment_han
 
 def test_error_after_stream_began_ends_with_error_line(base_url, http):
     """Frame 5 of this clip cannot be decoded: frames 0-4 stream, then an {"error": ...} line ends the stream."""
-    from tests.video_reference import corrupt_clip
+    from sam2_serve.testing import corrupt_clip
 
     body = {"video": {"base64": _b64(corrupt_clip(8, bad=5))}, "frames": [{"index": 0, "regions": [
         {"point": [0.5, 0.5], "track_id": "1"}]}]}
@@ -215,7 +215,7 @@ def test_bad_transport(base_url, http, video):
 
 
 def test_handle_bad_input_raises_service_error(handle, video):
-    from common.errors import InvalidRequest
+    from sam2_serve.common.errors import InvalidRequest
 
     with pytest.raises(InvalidRequest, match="past the end"):
         for _ in handle.options(stream=True).generate.remote(

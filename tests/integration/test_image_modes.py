@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.masks import decode_png
+from sam2_serve.common.masks import decode_png
 
 pytestmark = pytest.mark.integration
 

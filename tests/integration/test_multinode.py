@@ -26,7 +26,8 @@ import pytest
 import requests
 import yaml
 
-from tests.integration.conftest import app_args, free_port
+from sam2_serve.testing import free_port
+from tests.integration.conftest import app_args
 from tests.strict_serve import serve_config_problems
 
 pytestmark = pytest.mark.integration
@@ -120,7 +121,7 @@ def scaled_down(serve_v2: dict, checkpoint: Path, port: int) -> dict:
 
 
 def _placement_fields(key: str) -> set[str]:
-    from deployments.app import AppArgs
+    from sam2_serve.deployments.app import AppArgs
 
     annotation = AppArgs.model_fields[key].annotation
     return set(getattr(annotation, "model_fields", {}))

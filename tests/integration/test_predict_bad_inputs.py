@@ -131,7 +131,7 @@ def test_bad_requests_lose_nothing_for_good_ones(base_url, good_image):
 
 
 def test_handle_errors_are_domain_errors(handle, groceries_path):
-    from common.errors import InvalidImage, InvalidRequest
+    from sam2_serve.common.errors import InvalidImage, InvalidRequest
 
     with pytest.raises(InvalidImage):
         handle.predict.remote(image=b"nope", regions=POINT).result(timeout_s=60)

@@ -7,8 +7,8 @@ import base64
 import numpy as np
 import pytest
 
-from common.images import decode_image
-from common.masks import decode_png, decode_rle
+from sam2_serve.common.images import decode_image
+from sam2_serve.common.masks import decode_png, decode_rle
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +54,7 @@ def reference(tiny_checkpoint, image_bytes):
     from sam2.build_sam import build_sam2
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-    from models.registry import get_spec
+    from sam2_serve.models.registry import get_spec
 
     predictor = SAM2ImagePredictor(build_sam2(get_spec("sam2.1-hiera-tiny").config, str(tiny_checkpoint), device="cpu"))
     rgb = decode_image(image_bytes)

@@ -14,10 +14,10 @@ import json
 import numpy as np
 import pytest
 
-from common.masks import decode_png, decode_rle
-from models import amg
+from sam2_serve.common.masks import decode_png, decode_rle
+from sam2_serve.models import amg
 from tests.integration.conftest import assert_healthy
-from tests.unit.test_amg import KEEP_ALL, assert_same_masks, upstream_masks
+from sam2_serve.testing import KEEP_ALL, assert_same_masks, upstream_masks
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +58,7 @@ def test_http_equals_upstream_one_mask_per_grid_point(base_url, http, groceries_
     for region, rec in zip(body["regions"], ref):
         assert set(region) == {"mask", "score", "stability_score", "area", "box", "point", "concepts"}
         assert region["concepts"] == [{"name": "1", "value": region["score"]}]
-        assert region["area"] == pytest.approx(rec["area"], rel=1e-4, abs=2)  # logits within 1e-6: models.amg
+        assert region["area"] == pytest.approx(rec["area"], rel=1e-4, abs=2)  # logits within 1e-6: sam2_serve.models.amg
         x, y, bw, bh = rec["bbox"]  # upstream: XYWH of inclusive pixel bounds
         assert region["box"] == pytest.approx([x / w, y / h, (x + bw + 1) / w, (y + bh + 1) / h])
         (px, py), = rec["point_coords"]
@@ -176,7 +176,7 @@ def test_other_bad_requests(base_url, http, groceries_b64):
 
 
 def test_handle_rejects_bad_parameters(handle):
-    from common.errors import InvalidRequest
+    from sam2_serve.common.errors import InvalidRequest
 
     with pytest.raises(InvalidRequest, match=r"pred_iou_thresh: must be a number in \[0, 1\]"):
         handle.segment_anything.remote(image_id="0" * 32, pred_iou_thresh=2).result(timeout_s=60)

@@ -19,8 +19,8 @@ import pytest
 import requests
 import yaml
 
-from tests.checkpoints import write_checkpoint
-from tests.integration.conftest import free_port
+from sam2_serve.testing import write_checkpoint
+from sam2_serve.testing import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -11,10 +11,10 @@ import time
 import numpy as np
 import pytest
 
-from common.masks import decode_png
-from common.videos import encode_video
+from sam2_serve.common.masks import decode_png
+from sam2_serve.common.videos import encode_video
 from tests.integration.conftest import APP_NAME, assert_healthy
-from tests.video_reference import decode_frames
+from sam2_serve.testing import decode_frames
 
 pytestmark = pytest.mark.integration
 

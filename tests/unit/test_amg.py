@@ -1,72 +1,25 @@
-"""models.amg without Ray: the split pipeline against upstream ``SAM2AutomaticMaskGenerator`` and its own pieces.
+"""sam2_serve.models.amg without Ray: the split pipeline against upstream ``SAM2AutomaticMaskGenerator`` and its pieces.
 
-``upstream_masks`` (memoised per session) is also what the integration tests compare the service with, so one
-upstream run serves both when they run together.
+``sam2_serve.testing.upstream_masks`` (memoised per session) is also what the integration tests compare the service
+with, so one upstream run serves both when they run together.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import warnings
 
 import numpy as np
 import pytest
 import torch
 
-from common.masks import decode_png, decode_rle
-from models import amg
-
-# Thresholds at which random weights keep one mask per grid point (see MEASUREMENTS.md).
-KEEP_ALL = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
-
-
-@functools.lru_cache(maxsize=None)
-def _upstream_model(checkpoint: str):
-    from sam2.build_sam import build_sam2
-
-    from models.registry import get_spec
-
-    return build_sam2(get_spec("sam2.1-hiera-tiny").config, checkpoint, device="cpu")
-
-
-@functools.lru_cache(maxsize=None)
-def upstream_masks(checkpoint: str, image_path: str, params: amg.AmgParams) -> tuple[dict, ...]:
-    """Upstream's records for ``params`` on the image, sorted by predicted IoU (highest first, stable)."""
-    from PIL import Image
-    from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
-
-    rgb = np.asarray(Image.open(image_path).convert("RGB"))
-    generator = SAM2AutomaticMaskGenerator(_upstream_model(checkpoint), **params.upstream_kwargs())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        records = generator.generate(rgb)
-    return tuple(sorted(records, key=lambda r: -r["predicted_iou"]))
-
-
-def assert_same_masks(ours: list[tuple[np.ndarray, float, float]], upstream, expected_count: int | None = None):
-    """``ours``: (bool mask, score, stability) in our order. Same count, same order, IoU >= 0.99, close scores."""
-    assert len(ours) == len(upstream), (len(ours), len(upstream))
-    if expected_count is not None:
-        assert len(ours) == expected_count
-    assert len(ours) > 0
-    for i, ((mask, score, stability), ref) in enumerate(zip(ours, upstream)):
-        ref_mask = ref["segmentation"]
-        assert mask.shape == ref_mask.shape
-        area = int(mask.sum())
-        assert 0 < area < mask.size, f"mask {i} is empty or full"
-        iou = np.logical_and(mask, ref_mask).sum() / np.logical_or(mask, ref_mask).sum()
-        assert iou >= 0.99, f"mask {i}: IoU {iou:.4f} with upstream's"
-        assert score == pytest.approx(ref["predicted_iou"], abs=1e-4), i
-        assert stability == pytest.approx(ref["stability_score"], abs=1e-3), i
-    scores = [s for _, s, _ in ours]
-    assert scores == sorted(scores, reverse=True)
-
+from sam2_serve.common.masks import decode_png, decode_rle
+from sam2_serve.models import amg
+from sam2_serve.testing import KEEP_ALL, assert_same_masks, upstream_masks
 
 @pytest.fixture(scope="session")
 def image_model(tiny_checkpoint):
-    from models.image import ImageModel
-    from models.loader import load_model
+    from sam2_serve.models.image import ImageModel
+    from sam2_serve.models.loader import load_model
 
     return ImageModel(load_model("sam2.1-hiera-tiny", tiny_checkpoint, device="cpu"))
 
@@ -106,7 +59,7 @@ def test_generate_equals_upstream_one_mask_per_point(image_model, groceries_rgb,
     ours = amg.generate(image_model, groceries_rgb, params)
     ref = upstream_masks(str(tiny_checkpoint), str(groceries_path), params)
     assert_same_masks([(m.mask, m.score, m.stability_score) for m in ours.masks], ref, expected_count=64)
-    # Our decoder's logits differ from sam2's by < 1e-6 (models/mask_decoder.py), which may flip a pixel whose logit
+    # Our decoder's logits differ from sam2's by < 1e-6 (sam2_serve/models/mask_decoder.py), which may flip a pixel whose logit
     # sits on the threshold: areas within a few pixels, boxes within one.
     for m, r in zip(ours.masks, ref):
         assert m.area == pytest.approx(r["area"], rel=1e-4, abs=2)
@@ -121,7 +74,7 @@ def test_generate_equals_upstream_one_mask_per_point(image_model, groceries_rgb,
 def test_iou_threshold_equals_upstream_and_stops_hopeless_prompts(image_model, groceries_rgb, groceries_path,
                                                                   tiny_checkpoint, multimask_output):
     """With pred_iou_thresh between the grid's predicted IoUs, prompts that cannot pass it stop after the decoder's
-    transformer (models.mask_decoder), and the output is still upstream's."""
+    transformer (sam2_serve.models.mask_decoder), and the output is still upstream's."""
     base = dict(points_per_side=8, multimask_output=multimask_output, stability_score_thresh=0.0, box_nms_thresh=1.0)
     everything = amg.generate(image_model, groceries_rgb, amg.AmgParams(**base, pred_iou_thresh=0.0))
     scores = sorted(m.score for m in everything.masks)
@@ -282,9 +235,9 @@ def test_rle_is_pycocotools_column_major():
     ("multimask_output", "maybe", "multimask_output"),
 ])
 def test_options_name_the_field_and_range(field, value, expected):
-    from common.errors import InvalidRequest
-    from common.schemas import SegmentAnythingOptions
-    from deployments.http import validate as _validate
+    from sam2_serve.common.errors import InvalidRequest
+    from sam2_serve.common.schemas import SegmentAnythingOptions
+    from sam2_serve.deployments.http import validate as _validate
 
     with pytest.raises(InvalidRequest) as err:
         _validate(SegmentAnythingOptions, {field: value})
@@ -292,7 +245,7 @@ def test_options_name_the_field_and_range(field, value, expected):
 
 
 def test_options_defaults_are_sam2s_with_single_mask():
-    from common.schemas import SegmentAnythingOptions
+    from sam2_serve.common.schemas import SegmentAnythingOptions
 
     o = SegmentAnythingOptions()
     params = amg.AmgParams(**o.model_dump(include=set(amg.AmgParams.__dataclass_fields__)))

@@ -1,6 +1,6 @@
 """API-key authentication and the guarded routes of the ingress, without Ray.
 
-``common.auth`` (where keys come from, how they are compared, failing closed) and ``_GuardedRoute`` (key check
+``sam2_serve.common.auth`` (where keys come from, how they are compared, failing closed) and ``_GuardedRoute`` (key check
 before the body is read, /healthz open, request timeout, Ray failures mapped to retryable 503s) on the real
 FastAPI app of the ingress, served in-process by Starlette's TestClient. The same over real HTTP, on a deployed
 application, is in tests/integration/test_faults.py.
@@ -15,8 +15,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from common.auth import MIN_KEY_LENGTH, ApiKeys, AuthConfig
-from common.errors import Unauthorized
+from sam2_serve.common.auth import MIN_KEY_LENGTH, ApiKeys, AuthConfig
+from sam2_serve.common.errors import Unauthorized
 
 KEY = "k3y-" + "a" * 28
 OTHER = "other-" + "b" * 26
@@ -101,7 +101,7 @@ def ingress_app():
     """The ingress's FastAPI app with Serve's per-replica ``self`` injection pointed at a local instance."""
     from fastapi.routing import APIRoute
 
-    from deployments.ingress import SAM2Ingress, app
+    from sam2_serve.deployments.ingress import SAM2Ingress, app
 
     def walk(routes):
         for r in routes:
@@ -155,7 +155,7 @@ def test_ingress_refuses_to_start_misconfigured(ingress_app, tmp_path):
 
 def _guarded_app(exc: BaseException | None = None, sleep_s: float = 0.0, timeout_s: float | None = None):
     """A FastAPI app whose one route uses the ingress's route class and error handlers."""
-    import deployments.http as http
+    import sam2_serve.deployments.http as http
 
     app = FastAPI()
     app.router.route_class = http.GuardedRoute

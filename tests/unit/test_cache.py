@@ -1,5 +1,5 @@
-from deployments.cache import EmbeddingCache
-from common.types import EmbeddingRef
+from sam2_serve.deployments.cache import EmbeddingCache
+from sam2_serve.common.types import EmbeddingRef
 
 
 def entry(i: int, nbytes: int = 10) -> EmbeddingRef:

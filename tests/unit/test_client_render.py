@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.videos import encode_video
+from sam2_serve.common.videos import encode_video
 from sam2_serve import Frame, Region
-from sam2_serve.render import color, overlay, read_frames, video_info, write_overlay_video
+from sam2_serve.client.render import color, overlay, read_frames, video_info, write_overlay_video
 
 
 def test_overlay_blends_and_outlines():

@@ -11,7 +11,7 @@ from PIL import Image as PILImage
 from pycocotools import mask as mask_utils
 
 from sam2_serve import Concept, Frame, Image, Region, Video
-from sam2_serve.types import as_image_bytes, decode_mask, decode_rle
+from sam2_serve.client.types import as_image_bytes, decode_mask, decode_rle
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (5, 7), (120, 97), (540, 960)])
@@ -85,7 +85,7 @@ def test_image_and_video_constructors(tmp_path):
 
 def test_client_is_light():
     """Importing the client (and its CLI) loads neither ray, torch, sam2 nor PyAV."""
-    code = ("import sys, sam2_serve, sam2_serve.cli, sam2_serve.render; "
+    code = ("import sys, sam2_serve, sam2_serve.client.cli, sam2_serve.client.render; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'torch', 'sam2', 'av', 'pycocotools')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.errors import InvalidImage, PayloadTooLarge
-from common.images import as_rgb_array, b64decode, decode_image, image_id
+from sam2_serve.common.errors import InvalidImage, PayloadTooLarge
+from sam2_serve.common.images import as_rgb_array, b64decode, decode_image, image_id
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:

@@ -1,6 +1,6 @@
 """The manifests under k8s/ are valid, strictly, and agree with serve_config.yaml, the Dockerfile and each other.
 
-KubeRay objects are checked against the KubeRay CRDs (``../shared/kuberay`` or ``$SAM2_SERVE_KUBERAY_CRDS``) with
+KubeRay objects are checked against the KubeRay CRDs (``tests/data/kuberay`` or ``$SAM2_SERVE_KUBERAY_CRDS``) with
 unknown fields rejected, as kubeconform does; core objects against Kubernetes' own schemas (kubernetes-validate,
 offline, strict). ``spec.serveConfigV2`` is a string to the CRD: it is parsed and checked with Ray's schema.
 """
@@ -61,10 +61,9 @@ def strict_schema(schema):
 
 @pytest.fixture(scope="module")
 def crd_validators() -> dict[str, jsonschema.protocols.Validator]:
-    folder = Path(os.environ.get("SAM2_SERVE_KUBERAY_CRDS", ROOT.parent / "shared" / "kuberay"))
-    if not all((folder / f).is_file() for f in CRD_FILES.values()):
-        pytest.skip(f"KubeRay CRDs not found in {folder}: set SAM2_SERVE_KUBERAY_CRDS to a folder with "
-                    f"{', '.join(CRD_FILES.values())}")
+    folder = Path(os.environ.get("SAM2_SERVE_KUBERAY_CRDS", ROOT / "tests" / "data" / "kuberay"))
+    missing = [f for f in CRD_FILES.values() if not (folder / f).is_file()]
+    assert not missing, f"KubeRay CRDs {missing} missing from {folder} (they ship in tests/data/kuberay)"
     validators = {}
     for kind, name in CRD_FILES.items():
         crd = yaml.safe_load((folder / name).read_text())

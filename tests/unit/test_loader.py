@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.errors import ModelUnavailable
-from models.loader import autocast, checkpoint_dir, load_model, resolve_checkpoint, select_device
-from models.registry import DEFAULT_MODEL, MODELS, get_spec
+from sam2_serve.common.errors import ModelUnavailable
+from sam2_serve.models.loader import autocast, checkpoint_dir, load_model, resolve_checkpoint, select_device
+from sam2_serve.models.registry import DEFAULT_MODEL, MODELS, get_spec
 
 
 def test_registry_has_the_four_sizes():

@@ -1,4 +1,4 @@
-"""models.mask_decoder: sam2's mask decoder, wrapped, computes what sam2's computes; stop and resume give the same."""
+"""sam2_serve.models.mask_decoder: sam2's mask decoder, wrapped, computes what sam2's computes; stop and resume give the same."""
 
 import copy
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from models import mask_decoder
-from models.loader import load_model
+from sam2_serve.models import mask_decoder
+from sam2_serve.models.loader import load_model
 
 
 @pytest.fixture(scope="module")

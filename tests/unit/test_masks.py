@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from common.masks import decode_png, decode_rle, encode_mask, encode_png, encode_rle, mask_box
-from common.types import BitMask
+from sam2_serve.common.masks import decode_png, decode_rle, encode_mask, encode_png, encode_rle, mask_box
+from sam2_serve.common.types import BitMask
 
 
 def test_png_round_trip_and_values():

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.errors import InvalidRequest, LimitExceeded
-from common.prompts import to_objects
-from common.schemas import DictInputs, PredictRequest, RegionPrompt
+from sam2_serve.common.errors import InvalidRequest, LimitExceeded
+from sam2_serve.common.prompts import to_objects
+from sam2_serve.common.schemas import DictInputs, PredictRequest, RegionPrompt
 
 W, H = 200, 100
 

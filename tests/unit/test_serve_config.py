@@ -25,7 +25,7 @@ def built(serve_config):
     """The application of serve_config.yaml bound as on a GPU cluster (nothing is loaded)."""
     from ray.serve._private.build_app import build_app as build_serve_app
 
-    from deployments.app import build_app
+    from sam2_serve.deployments.app import build_app
 
     app = serve_config["applications"][0]
     return build_serve_app(build_app(dict(app["args"], device="cuda")), name=app["name"])
@@ -113,7 +113,7 @@ def _envs(app) -> dict[str, dict]:
 
 
 def test_model_replicas_keep_activations_in_the_heap_and_io_replicas_mmap_large_buffers():
-    from deployments.app import build_app
+    from sam2_serve.deployments.app import build_app
 
     envs = _envs(build_app({"device": "cpu"}))
     for name in ("ImageEncoder", "MaskDecoder", "VideoTracker"):

@@ -1,12 +1,14 @@
-"""models/video.py against upstream SAM2VideoPredictor on bedroom.mp4 frames (tiny checkpoint, 256 input)."""
+"""sam2_serve/models/video.py against upstream SAM2VideoPredictor on bedroom.mp4 frames (tiny checkpoint, 256 input)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from common.videos import FrameReader, VideoObjectPrompt
-from tests.video_reference import (assert_same_mask, decode_frames, load_reference, propagate,
+from sam2_serve.common.videos import FrameReader
+
+from sam2_serve.common.types import VideoObjectPrompt
+from sam2_serve.testing import (assert_same_mask, decode_frames, load_video_reference, propagate,
                                    upstream_run, write_frames_dir)
 
 N = 18  # > max_obj_ptrs_in_encoder (16) + 1, so pruning is exercised; ~0.25 s a frame
@@ -14,12 +16,12 @@ N = 18  # > max_obj_ptrs_in_encoder (16) + 1, so pruning is exercised; ~0.25 s a
 
 @pytest.fixture(scope="module")
 def loaded(tiny_checkpoint):
-    return load_reference(tiny_checkpoint)
+    return load_video_reference(tiny_checkpoint)
 
 
 @pytest.fixture(scope="module")
 def model(loaded):
-    from models.video import VideoModel
+    from sam2_serve.models.video import VideoModel
 
     return VideoModel(loaded)  # the same weights object as the reference: sam2's model holds no per-video state
 
@@ -158,7 +160,7 @@ def _clip_bytes(frames) -> bytes:
     """Frames as a lossless FFV1/MKV clip: decoding it gives back exactly these pixels."""
     import io
 
-    from common.videos import encode_video
+    from sam2_serve.common.videos import encode_video
 
     buf = io.BytesIO()
     encode_video(frames, buf, codec="ffv1", container="matroska", pix_fmt="bgr0")
@@ -171,7 +173,7 @@ def test_preprocess_matches_upstream_loader(frames_dir):
 
     from PIL import Image
 
-    from models.video import preprocess_frame
+    from sam2_serve.models.video import preprocess_frame
 
     images, h, w = load_video_frames_from_jpg_images(str(frames_dir), 256, True, compute_device=torch.device("cpu"))
     rgb = np.asarray(Image.open(frames_dir / "00003.jpg").convert("RGB"))

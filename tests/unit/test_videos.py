@@ -1,4 +1,4 @@
-"""common/videos.py: probing, limits, clear errors, and frame access by index across containers and codecs."""
+"""sam2_serve/common/videos.py: probing, limits, clear errors, and frame access by index across containers and codecs."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import io
 import numpy as np
 import pytest
 
-from common.errors import InvalidVideo, LimitExceeded, PayloadTooLarge
-from common.videos import FrameReader, encode_video, probe_video
+from sam2_serve.common.errors import InvalidVideo, LimitExceeded, PayloadTooLarge
+from sam2_serve.common.videos import FrameReader, encode_video, probe_video
 
 
 def _clip(frames, **kw) -> bytes:
@@ -84,7 +84,7 @@ def test_bad_inputs(bedroom_path, truck_path):
 
 
 def test_undecodable_frame_is_a_clear_error():
-    from tests.video_reference import corrupt_clip
+    from sam2_serve.testing import corrupt_clip
 
     data = corrupt_clip(8, bad=5)
     reader = FrameReader(data, probe_video(data))

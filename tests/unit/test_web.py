@@ -1,11 +1,11 @@
-"""deployments/web.py: the page's routes on a bare FastAPI app (no Ray): files, headers, and a missing page."""
+"""sam2_serve/deployments/web.py: the page's routes on a bare FastAPI app (no Ray): files, headers, and a missing page."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from deployments.web import CSP, WEB_DIR, add_web_routes
+from sam2_serve.deployments.web import CSP, WEB_DIR, add_web_routes
 
 
 def _client(web_dir=WEB_DIR) -> TestClient:

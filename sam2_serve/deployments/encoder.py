@@ -1,0 +1,59 @@
+"""ImageEncoder: the heavy image backbone, batching concurrent requests into one forward pass."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import ray
+from ray import serve
+
+from sam2_serve.common.types import EmbeddingRef, EncodeRequest
+from sam2_serve.deployments.common import TorchThread, load_for_replica
+from sam2_serve.models.image import ImageModel
+
+logger = logging.getLogger("ray.serve")
+
+
+class ImageEncoder:
+    """Encodes images and puts each embedding in the object store, returning only an ``EmbeddingRef``.
+
+    The embedding is owned by this replica: it stays in the object store while anyone (the embedding cache, a
+    decoder call) holds the reference, and it travels to decoders by reference, never by value.
+    """
+
+    def __init__(self, model: str, checkpoint: str | None = None, device: str = "auto", dtype: str = "float32",
+                 max_batch_size: int = 4, batch_wait_timeout_s: float = 0.02, torch_threads: int | None = None,
+                 cpu_max_batch_size: int = 1):
+        self.torch = TorchThread()
+        self.model = ImageModel(self.torch.call(load_for_replica, model, checkpoint, device, dtype, torch_threads))
+        if self.model.loaded.device.type == "cpu":
+            # On CPU a batch only adds memory traffic: per image, batches of 4 took 5.3-5.5 s against 4.5-4.7 s
+            # one at a time (base-plus, 1800x1200, 2 cores). Batching is for GPUs.
+            max_batch_size = cpu_max_batch_size
+        logger.info("ImageEncoder on %s: up to %d images per forward pass", self.model.loaded.device, max_batch_size)
+        self.encode.set_max_batch_size(max_batch_size)
+        self.encode.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.images_encoded = 0
+        self.batches = 0
+        self.forward_s = 0.0
+
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.02)
+    async def encode(self, requests: list[EncodeRequest]) -> list[EmbeddingRef]:
+        """Encode a batch (Serve gathers concurrent single-image calls into ``requests``)."""
+        start = time.perf_counter()
+        embeddings = await self.torch.run(self.model.encode, [r.rgb for r in requests], [r.image_id for r in requests])
+        self.forward_s += time.perf_counter() - start
+        self.images_encoded += len(requests)
+        self.batches += 1
+        return [EmbeddingRef(e.image_id, e.orig_hw, e.nbytes, ray.put(e)) for e in embeddings]
+
+    def info(self) -> dict:
+        """What ``GET /v1/models`` reports: model name, checkpoint sha256, device, dtype, input size."""
+        loaded = self.model.loaded
+        return {"name": loaded.spec.name, "checkpoint_sha256": loaded.sha256, "device": str(loaded.device),
+                "dtype": loaded.dtype, "image_size": self.model.image_size}
+
+    def stats(self) -> dict:
+        """Counters for tests and monitoring: images encoded, forward passes, and seconds spent in them."""
+        return {"images_encoded": self.images_encoded, "batches": self.batches, "forward_s": self.forward_s}

@@ -1,0 +1,269 @@
+"""VideoTracker: stateful video tracking. Streams ``generate`` frames and holds interactive sessions.
+
+Each stream and each session owns its own tracking state; the model weights are shared and hold none, so
+concurrent streams take turns frame by frame on the replica's torch thread, with no lock held across a stream.
+A session's calls are serialized by that session's own lock.
+
+Sessions live on the replica that created them. Their ids carry that replica's id, and ``SessionRouter`` (set as
+this deployment's request router in ``sam2_serve.deployments.app``) sends every call with ``session_id`` to that replica, so
+replicas can be added or replaced without remapping live sessions. A session whose replica is gone therefore
+reaches another replica, which answers 410 (gone) because the id names a replica other than itself; an expired
+session answers 410 too; an id that never existed answers 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import AsyncIterator, List, Optional, Sequence
+
+from ray.serve._private.request_router.common import PendingRequest
+from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequestRouter
+from ray.serve._private.request_router.replica_wrapper import RunningReplica
+
+from sam2_serve.common.errors import InvalidRequest, LimitExceeded, NotFound, SessionGone, SessionNotFound
+from sam2_serve.common.videos import FrameReader
+from sam2_serve.common.types import TrackedFrame, VideoInfo, VideoObjectPrompt
+from sam2_serve.deployments.common import TorchThread, load_for_replica
+
+logger = logging.getLogger("ray.serve")
+
+_SEP = "."
+
+
+def session_owner(session_id: str) -> Optional[str]:
+    """The replica id a session id was minted by (``<replica>.<token>``), or None for a malformed id."""
+    owner, sep, token = session_id.rpartition(_SEP)
+    return owner if sep and owner and token else None
+
+
+class SessionRouter(PowerOfTwoChoicesRequestRouter):
+    """Power-of-two-choices routing, except that a request with a session id goes to the replica that minted it.
+
+    If that replica is not among the running ones (it died or was scaled down), the request goes to any replica,
+    which answers ``SessionGone``: never another session's state, never a silent re-creation.
+    """
+
+    async def choose_replicas(self, candidate_replicas: List[RunningReplica],
+                              pending_request: Optional[PendingRequest] = None) -> List[List[RunningReplica]]:
+        session_id = pending_request.metadata.session_id if pending_request is not None else ""
+        owner = session_owner(session_id) if session_id else None
+        if owner is not None:
+            for replica in candidate_replicas:
+                if replica.replica_id.unique_id == owner:
+                    return [[replica]]
+        return await super().choose_replicas(candidate_replicas, pending_request)
+
+
+@dataclass
+class _Session:
+    session: object  # sam2_serve.models.video.VideoSession
+    info: VideoInfo
+    created: float
+    last_used: float
+    ttl_s: float
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def _replica_tag() -> str:
+    try:
+        from ray import serve
+
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # constructed without Ray (unit use)
+        return "local" + secrets.token_hex(4)
+
+
+def _next(iterator):
+    return next(iterator, None)
+
+
+class VideoTracker:
+    """Video tracking replica: ``generate`` streams, sessions (TTL, per-replica cap)."""
+
+    def __init__(self, model: str, checkpoint: str | None = None, device: str = "auto", dtype: str = "float32",
+                 torch_threads: int | None = None, hydra_overrides: Sequence[str] = (),
+                 session_ttl_s: float = 600.0, max_sessions: int = 8):
+        from sam2_serve.models.video import VideoModel
+
+        self.torch = TorchThread()
+        loaded = self.torch.call(load_for_replica, model, checkpoint, device, dtype, torch_threads, video=True,
+                                 hydra_overrides=list(hydra_overrides))
+        self.model = VideoModel(loaded)
+        self.session_ttl_s = float(session_ttl_s)
+        self.max_sessions = int(max_sessions)
+        self.tag = _replica_tag()
+        self._sessions: dict[str, _Session] = {}
+        self._gone: OrderedDict[str, str] = OrderedDict()  # recently ended session id -> why
+        self.streams_active = 0
+        self.streams_started = 0
+        self.frames_tracked = 0
+
+    # ---- generate ---------------------------------------------------------------------------------------------
+
+    async def _stream(self, iterator, on_close) -> AsyncIterator[TrackedFrame]:
+        """Drive a blocking frame iterator one step per torch-thread job; stop at once when the caller goes away.
+
+        On cancellation (client disconnected) the frame in flight finishes in its thread and nothing further is
+        computed; resources are released after that step, never under it.
+        """
+        self.streams_active += 1
+        pending = None
+        try:
+            while True:
+                pending = self.torch.submit(_next, iterator, priority=TorchThread.BULK)
+                frame = await asyncio.shield(pending)
+                pending = None
+                if frame is None:
+                    return
+                self.frames_tracked += 1
+                yield frame
+        finally:
+            self.streams_active -= 1
+            if pending is not None and not pending.done():
+                pending.add_done_callback(lambda _: on_close())
+            else:
+                on_close()
+
+    async def generate(self, video: bytes, info: VideoInfo, prompts: Sequence[VideoObjectPrompt],
+                       start_frame: int = 0, max_frames: Optional[int] = None,
+                       with_logits: bool = False) -> AsyncIterator[TrackedFrame]:
+        """Stream ``TrackedFrame``s for frames ``start_frame ..`` (prompts validated by the caller, in pixels)."""
+        self.streams_started += 1
+        reader = FrameReader(video, info)
+        stream = self.model.track(reader, prompts, start_frame, max_frames, with_logits)
+        frames = self._stream(stream, stream.close)
+        try:
+            async for frame in frames:
+                yield frame
+        finally:
+            await frames.aclose()  # not left to the garbage collector: release the stream now
+
+    # ---- sessions ---------------------------------------------------------------------------------------------
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for sid, s in list(self._sessions.items()):
+            if not s.lock.locked() and now - s.last_used > s.ttl_s:
+                self._end(sid, f"expired after {s.ttl_s:g} s without requests")
+
+    def _end(self, session_id: str, why: str) -> None:
+        s = self._sessions.pop(session_id, None)
+        if s is not None:
+            s.session.close()
+        self._gone[session_id] = why
+        while len(self._gone) > 10_000:
+            self._gone.popitem(last=False)
+
+    def _get(self, session_id: str) -> _Session:
+        self._expire()
+        s = self._sessions.get(session_id)
+        if s is not None:
+            return s
+        if session_id in self._gone:
+            raise SessionGone(f"session {session_id!r} {self._gone[session_id]}; create a new session")
+        owner = session_owner(session_id)
+        if owner is not None and owner != self.tag:
+            raise SessionGone(f"session {session_id!r} was lost: the tracker replica that held it is gone "
+                              "(restarted or scaled down); create a new session")
+        raise SessionNotFound(f"no session {session_id!r}; create one with POST /v1/sessions")
+
+    async def create_session(self, video: bytes, info: VideoInfo, ttl_s: Optional[float] = None) -> dict:
+        """Open a session (no frame decoded yet); ``ttl_s`` may shorten this replica's idle TTL."""
+        self._expire()
+        if len(self._sessions) >= self.max_sessions:
+            raise LimitExceeded(f"this tracker replica already holds {self.max_sessions} sessions, its limit; "
+                                "DELETE sessions you no longer use or retry when idle ones expire "
+                                f"({self.session_ttl_s:.0f} s)")
+        session_id = f"{self.tag}{_SEP}{secrets.token_urlsafe(12)}"
+        session = self.model.open_session(FrameReader(video, info))
+        now = time.monotonic()
+        ttl = min(ttl_s or self.session_ttl_s, self.session_ttl_s)
+        self._sessions[session_id] = _Session(session, info, now, now, ttl)
+        return {"session_id": session_id, "width": info.width, "height": info.height,
+                "num_frames": info.num_frames, "fps": info.fps, "ttl_s": ttl}
+
+    async def _in_thread(self, fn, *args):
+        """Run a session step on the torch thread; if the caller is cancelled, the step still completes before the
+        session's lock is released, so the next call never runs beside it."""
+        fut = self.torch.submit(fn, *args)
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            await asyncio.wait([fut])
+            raise
+
+    async def add_prompts(self, session_id: str, prompts: Sequence[VideoObjectPrompt],
+                          max_objects: int = 32) -> TrackedFrame:
+        """Add each object's prompts on one frame; that frame's masks for every object of the session."""
+        s = self._get(session_id)
+        if not prompts:
+            raise InvalidRequest("no prompts given")
+        async with s.lock:
+            new = {p.track_id for p in prompts} - set(s.session.track_ids)
+            if len(new) + len(s.session.track_ids) > max_objects:
+                raise LimitExceeded(f"the session would track {len(new) + len(s.session.track_ids)} objects; "
+                                    f"the limit is {max_objects}")
+            try:
+                result = None
+                for p in prompts:
+                    result = await self._in_thread(s.session.add_prompt, p)
+                return result
+            finally:
+                s.last_used = time.monotonic()
+
+    async def propagate(self, session_id: str, start_frame: Optional[int] = None, max_frames: Optional[int] = None,
+                        reverse: bool = False) -> AsyncIterator[TrackedFrame]:
+        s = self._get(session_id)
+        if not s.session.track_ids:
+            raise InvalidRequest("the session has no objects yet; add prompts (POST .../prompts) first")
+        if start_frame is not None and start_frame >= s.info.num_frames:
+            raise InvalidRequest(f"start_frame {start_frame} is past the end of the video "
+                                 f"(frames 0..{s.info.num_frames - 1})")
+        await s.lock.acquire()
+
+        def release():  # after the last step has finished, even when the caller went away mid-step
+            s.last_used = time.monotonic()
+            if s.lock.locked():
+                s.lock.release()
+
+        steps = s.session.propagate(start_frame, max_frames, reverse)
+        frames = self._stream(steps, lambda: (steps.close(), release()))
+        try:
+            async for frame in frames:
+                yield frame
+        finally:
+            await frames.aclose()
+
+    async def remove_object(self, session_id: str, track_id: str) -> dict:
+        s = self._get(session_id)
+        async with s.lock:
+            if track_id not in s.session.track_ids:
+                raise NotFound(f"track_id {track_id!r} is not in session {session_id!r}; its objects are "
+                               f"{s.session.track_ids}")
+            await self._in_thread(s.session.remove_object, track_id)
+            s.last_used = time.monotonic()
+            return {"session_id": session_id, "track_ids": s.session.track_ids}
+
+    async def delete_session(self, session_id: str) -> dict:
+        s = self._get(session_id)
+        async with s.lock:
+            self._end(session_id, "was deleted")
+        return {"session_id": session_id, "deleted": True}
+
+    async def session_info(self, session_id: str) -> dict:
+        s = self._get(session_id)
+        return {"session_id": session_id, "width": s.info.width, "height": s.info.height,
+                "num_frames": s.info.num_frames, "fps": s.info.fps, "ttl_s": s.ttl_s,
+                "track_ids": s.session.track_ids}
+
+    def stats(self) -> dict:
+        """Counters for tests and monitoring."""
+        self._expire()
+        return {"replica": self.tag, "sessions": len(self._sessions), "streams_active": self.streams_active,
+                "streams_started": self.streams_started, "frames_tracked": self.frames_tracked,
+                "session_ids": list(self._sessions)}

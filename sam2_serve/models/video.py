@@ -1,0 +1,417 @@
+"""Video tracking over upstream ``SAM2VideoPredictor``, streaming, without holding the whole video.
+
+Upstream ``init_state`` decodes every frame to a float32 tensor before the first mask (~12 MiB a frame at 1024)
+and keeps every frame's outputs. Here the predictor's own methods run on an ``inference_state`` whose
+``images`` entry is a lazy sequence (``LazyFrames``): a frame is decoded with PyAV and preprocessed only when
+sam2 asks for it, which it does once per frame (its one-frame feature cache serves every object on that frame).
+
+``TrackStream`` (``generate``) tracks frame by frame with upstream's per-frame step
+(``_run_single_frame_inference``, exactly what ``propagate_in_video`` runs) and prunes what sam2 can no longer
+read: non-conditioning outputs keep their memory only while they are among the ``num_maskmem - 1`` frames the
+next frame attends to, and only their object pointer while within ``max_obj_ptrs_in_encoder``; older ones are
+dropped. Conditioning (prompted) frames are kept. State per object is therefore flat in video length.
+
+``VideoSession`` (interactive, the web demo's flow) keeps upstream's full per-frame outputs, since corrections
+and re-propagation read them (only the decoded video is not kept), and calls upstream's
+``add_new_points_or_box`` / ``add_new_mask`` / ``propagate_in_video`` / ``remove_object`` directly.
+
+Frame preprocessing is upstream's video loader's (``sam2.utils.misc._load_img_as_tensor`` + normalization):
+PIL resize of the whole frame to the square model input (no aspect-ratio padding), /255, mean/std.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter, OrderedDict
+from contextlib import ExitStack
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sam2_serve.common.masks import mask_box
+from sam2_serve.common.videos import FrameReader
+from sam2_serve.common.types import TrackedFrame, TrackedObject, VideoObjectPrompt
+from sam2_serve.models.loader import LoadedModel
+
+# sam2's optional CUDA hole-filling kernel is absent on CPU builds; it warns on every frame, and the masks are
+# unaffected (upstream says so in the warning). Filters are process-wide: set once, not per (threaded) step.
+warnings.filterwarnings("ignore", message=".*Skipping the post-processing step.*")
+warnings.filterwarnings("ignore", message=".*cannot import name '_C' from 'sam2'.*")
+
+IMG_MEAN = (0.485, 0.456, 0.406)
+IMG_STD = (0.229, 0.224, 0.225)
+
+
+def preprocess_frame(rgb: np.ndarray, image_size: int) -> torch.Tensor:
+    """RGB uint8 (H, W, 3) -> normalized float32 (3, S, S), as upstream's video frame loader computes it."""
+    img_np = np.array(Image.fromarray(rgb).resize((image_size, image_size))) / 255.0  # float64, like upstream
+    img = torch.from_numpy(img_np).permute(2, 0, 1).to(torch.float32)
+    img -= torch.tensor(IMG_MEAN, dtype=torch.float32)[:, None, None]
+    img /= torch.tensor(IMG_STD, dtype=torch.float32)[:, None, None]
+    return img
+
+
+def fix_memory_dtype(model: torch.nn.Module) -> None:
+    """Cast memory attention's ``memory``/``memory_pos`` to the current features' dtype (idempotent).
+
+    sam2 stores memories as bfloat16; on CUDA autocast reconciles dtypes, on CPU a frame whose memory holds no
+    float32 object pointers fails with "mat1 and mat2 must have the same dtype". When pointers are present,
+    ``torch.cat`` already promotes the memory to float32, so this cast changes nothing else.
+    """
+    attn = model.memory_attention
+    if getattr(attn, "_sam2_serve_dtype_fix", False):
+        return
+
+    def _cast(_module, args, kwargs):
+        curr = kwargs.get("curr", args[0] if args else None)
+        ref = curr[0] if isinstance(curr, (list, tuple)) else curr
+        for key in ("memory", "memory_pos"):
+            value = kwargs.get(key)
+            if isinstance(value, torch.Tensor) and ref is not None and value.dtype != ref.dtype:
+                kwargs[key] = value.to(ref.dtype)
+        return args, kwargs
+
+    attn.register_forward_pre_hook(_cast, with_kwargs=True)
+    attn._sam2_serve_dtype_fix = True
+
+
+class LazyFrames:
+    """``inference_state["images"]``: frame ``i`` of a clip, decoded and preprocessed when sam2 indexes it.
+
+    sam2 indexes ``images`` only on a miss of its feature cache, i.e. once per backbone pass, so
+    ``encoded`` counts image-encoder passes per clip frame.
+    """
+
+    def __init__(self, reader: FrameReader, image_size: int, device: torch.device, offset: int = 0,
+                 length: Optional[int] = None):
+        self.reader, self.image_size, self.device, self.offset = reader, image_size, device, offset
+        self.length = len(reader) - offset if length is None else length
+        self.encoded: Counter[int] = Counter()
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        self.encoded[index] += 1
+        return preprocess_frame(self.reader.get(self.offset + index), self.image_size).to(self.device)
+
+
+class VideoModel:
+    """Ray-free video tracker over one loaded ``SAM2VideoPredictor`` (stateless itself: state lives in streams
+    and sessions, so concurrent streams share the weights without a lock)."""
+
+    def __init__(self, loaded: LoadedModel):
+        from sam2.sam2_video_predictor import SAM2VideoPredictor
+
+        if not isinstance(loaded.model, SAM2VideoPredictor):
+            raise TypeError("VideoModel needs a model loaded with load_model(..., video=True)")
+        self.loaded = loaded
+        self.predictor = loaded.model
+        fix_memory_dtype(self.predictor)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.predictor.image_size)
+
+    def context(self) -> ExitStack:
+        """What every model step runs under: inference mode and the configured autocast (entered per step, so a
+        stream can move between worker threads)."""
+        stack = ExitStack()
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(self.loaded.autocast())
+        return stack
+
+    def new_state(self, reader: FrameReader, offset: int = 0, length: Optional[int] = None) -> dict:
+        """An ``inference_state`` as upstream's ``init_state`` builds it, with lazy frames and no warm-up encode.
+
+        Clip frame ``i`` is video frame ``offset + i``; ``num_frames`` is the clip length (sam2 reads it).
+        """
+        images = LazyFrames(reader, self.image_size, self.loaded.device, offset, length)
+        device = self.loaded.device
+        return {
+            "images": images,
+            "num_frames": len(images),
+            "offload_video_to_cpu": True,
+            "offload_state_to_cpu": False,
+            "video_height": reader.info.height,
+            "video_width": reader.info.width,
+            "device": device,
+            "storage_device": device,
+            "point_inputs_per_obj": {},
+            "mask_inputs_per_obj": {},
+            "cached_features": {},
+            "constants": {},
+            "obj_id_to_idx": OrderedDict(),
+            "obj_idx_to_id": OrderedDict(),
+            "obj_ids": [],
+            "output_dict_per_obj": {},
+            "temp_output_dict_per_obj": {},
+            "frames_tracked_per_obj": {},
+        }
+
+    def add_prompt(self, state: dict, frame: int, p: VideoObjectPrompt):
+        """Upstream ``add_new_mask`` / ``add_new_points_or_box`` for one object on clip frame ``frame``.
+
+        Returns upstream's ``(frame_idx, obj_ids, video_res_masks)``: logits (num_objects, 1, H, W).
+        """
+        if p.mask is not None:
+            return self.predictor.add_new_mask(state, frame, p.track_id, p.mask)
+        return self.predictor.add_new_points_or_box(
+            state, frame, p.track_id, points=p.points, labels=p.labels, box=p.box,
+            clear_old_points=p.clear_old_points, normalize_coords=True)
+
+    def frame_result(self, state: dict, index: int, time_s: float, obj_ids: Sequence, logits: torch.Tensor,
+                     scores: Sequence[Optional[float]], low_res: Optional[Sequence] = None) -> TrackedFrame:
+        """Video-resolution logits (num_objects, 1, H, W) -> ``TrackedFrame`` with boolean masks."""
+        masks = (logits[:, 0] > 0.0).cpu().numpy()
+        objects = []
+        for i, obj_id in enumerate(obj_ids):
+            objects.append(TrackedObject(
+                track_id=str(obj_id), mask=masks[i], score=scores[i], box=mask_box(masks[i]),
+                logits=None if low_res is None or low_res[i] is None else low_res[i]))
+        return TrackedFrame(index=index, time_s=time_s, width=state["video_width"], height=state["video_height"],
+                            objects=objects)
+
+    def track(self, reader: FrameReader, prompts: Sequence[VideoObjectPrompt], start: int = 0,
+              max_frames: Optional[int] = None, with_logits: bool = False) -> "TrackStream":
+        """Stream ``TrackedFrame``s for video frames ``start .. start + max_frames - 1`` (see ``TrackStream``)."""
+        return TrackStream(self, reader, prompts, start, max_frames, with_logits)
+
+    def open_session(self, reader: FrameReader) -> "VideoSession":
+        return VideoSession(self, reader)
+
+
+def _score(out: Optional[dict]) -> Optional[float]:
+    if out is None or out.get("object_score_logits") is None:
+        return None
+    return float(out["object_score_logits"].float().reshape(-1)[0])
+
+
+def _tensor_bytes(obj) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+class TrackStream:
+    """An iterator of ``TrackedFrame``s: one object's prompts enter on its first prompted frame, and it is tracked
+    from there on (alone, as if in its own upstream state: sam2 tracks objects independently).
+
+    Frames before the first prompt are yielded with no objects and cost no model work. All prompts of one object
+    (also those on later frames) are added when it enters, as upstream does when prompts precede
+    ``propagate_in_video``; later prompted frames' features are kept until reached, so no frame is encoded twice.
+    Call ``stats()`` between frames for the state's bookkeeping.
+    """
+
+    def __init__(self, model: VideoModel, reader: FrameReader, prompts: Sequence[VideoObjectPrompt], start: int,
+                 max_frames: Optional[int], with_logits: bool):
+        self.model, self.reader, self.start, self.with_logits = model, reader, start, with_logits
+        n = len(reader) - start
+        self.length = n if max_frames is None else min(n, max_frames)
+        if self.length <= 0:
+            raise ValueError(f"start frame {start} is past the last frame {len(reader) - 1}")
+        self.state = model.new_state(reader, start, self.length)
+        by_obj: dict[str, list[VideoObjectPrompt]] = {}
+        for p in prompts:
+            if not start <= p.frame < start + self.length:
+                raise ValueError(f"prompt on frame {p.frame} is outside frames {start}..{start + self.length - 1}")
+            by_obj.setdefault(p.track_id, []).append(p)
+        self.entering: dict[int, list[list[VideoObjectPrompt]]] = {}
+        for obj_prompts in by_obj.values():
+            obj_prompts.sort(key=lambda q: q.frame)
+            self.entering.setdefault(obj_prompts[0].frame - start, []).append(obj_prompts)
+        self.features: dict[int, tuple] = {}  # clip frame -> sam2's cached (image, backbone_out)
+        self.next = 0
+        p = model.predictor
+        self.max_ptrs = min(self.length, p.max_obj_ptrs_in_encoder)
+
+    def __iter__(self) -> Iterator[TrackedFrame]:
+        return self
+
+    def __next__(self) -> TrackedFrame:
+        r = self.next
+        if r >= self.length:
+            self.close()
+            raise StopIteration
+        self.next += 1
+        with self.model.context():
+            if r in self.entering:
+                self._enter(r, self.entering.pop(r))
+            frame = self._track(r)
+            self._prune(r)
+        return frame
+
+    def _upstream(self, fn, *args, **kwargs):
+        """Run an upstream method with every frame feature this stream holds visible in sam2's cache."""
+        self.state["cached_features"] = dict(self.features)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.features.update(self.state["cached_features"])
+
+    def _enter(self, r: int, objects: list[list[VideoObjectPrompt]]) -> None:
+        p = self.model.predictor
+        for obj_prompts in objects:
+            # Later prompted frames first, this frame last: its features are then the freshest in sam2's cache.
+            for q in sorted(obj_prompts, key=lambda q: -q.frame):
+                self._upstream(self.model.add_prompt, self.state, q.frame - self.start, q)
+        # Runs the memory encoder on the new prompts, exactly as propagate_in_video does before it starts.
+        self._upstream(p.propagate_in_video_preflight, self.state)
+
+    def _track(self, r: int) -> TrackedFrame:
+        p, state = self.model.predictor, self.state
+        time_s = self.reader.info.times_s[self.start + r]
+        if not state["obj_ids"]:
+            return TrackedFrame(index=self.start + r, time_s=time_s, width=state["video_width"],
+                                height=state["video_height"], objects=[])
+        pred_masks, scores, low_res = [], [], []
+        for obj_idx in range(len(state["obj_ids"])):
+            od = state["output_dict_per_obj"][obj_idx]
+            out = od["cond_frame_outputs"].get(r)
+            if out is not None:
+                masks = out["pred_masks"].to(state["device"], non_blocking=True)
+            else:
+                out, masks = self._upstream(
+                    p._run_single_frame_inference, inference_state=state, output_dict=od, frame_idx=r,
+                    batch_size=1, is_init_cond_frame=False, point_inputs=None, mask_inputs=None, reverse=False,
+                    run_mem_encoder=True)
+                od["non_cond_frame_outputs"][r] = out
+            pred_masks.append(masks)
+            scores.append(_score(out))
+            low_res.append(masks[0, 0].float().cpu().numpy() if self.with_logits else None)
+        _, video_res = p._get_orig_video_res_output(state, torch.cat(pred_masks, dim=0))
+        return self.model.frame_result(state, self.start + r, time_s, state["obj_ids"], video_res, scores,
+                                       low_res if self.with_logits else None)
+
+    def _prune(self, r: int) -> None:
+        """Drop what no later frame reads (see the module docstring); called after frame ``r``."""
+        p = self.model.predictor
+        nxt, stride = r + 1, max(1, p.memory_temporal_stride_for_eval)
+        # Memory frames of frame nxt: nxt - 1 and every stride-th frame from ((nxt - 2) // stride) * stride back
+        # (sam2_base._prepare_memory_conditioned_features); later frames read only later ones.
+        mem_lo = min(nxt - 1, ((nxt - 2) // stride) * stride - max(0, p.num_maskmem - 3) * stride)
+        ptr_lo = nxt - (self.max_ptrs - 1)
+        for od in self.state["output_dict_per_obj"].values():
+            nc = od["non_cond_frame_outputs"]
+            for k in [k for k in nc if k < mem_lo]:
+                if k < ptr_lo:
+                    del nc[k]
+                elif nc[k].get("maskmem_features") is not None:
+                    nc[k] = {"obj_ptr": nc[k]["obj_ptr"], "object_score_logits": nc[k]["object_score_logits"],
+                             "maskmem_features": None, "maskmem_pos_enc": None, "pred_masks": None}
+        for k in [k for k in self.features if k <= r]:
+            del self.features[k]
+        self.state["cached_features"] = {}
+
+    def stats(self) -> dict:
+        """Bookkeeping of what this stream holds (for tests and monitoring).
+
+        ``objects``: per track id, counts of conditioning outputs, non-conditioning outputs holding a memory, and
+        those holding only an object pointer; ``state_bytes``: tensor bytes in all per-frame outputs and inputs;
+        ``features_cached``: frames whose backbone features are held; ``frames_encoded``/``max_encodes_per_frame``.
+        """
+        state = self.state
+        objects = {}
+        for obj_idx, od in state["output_dict_per_obj"].items():
+            nc = od["non_cond_frame_outputs"]
+            objects[str(state["obj_idx_to_id"][obj_idx])] = {
+                "cond": len(od["cond_frame_outputs"]),
+                "non_cond_memories": sum(1 for o in nc.values() if o.get("maskmem_features") is not None),
+                "non_cond_pointers_only": sum(1 for o in nc.values() if o.get("maskmem_features") is None),
+            }
+        encoded = state["images"].encoded
+        return {
+            "frames_done": self.next,
+            "objects": objects,
+            "state_bytes": _tensor_bytes([state["output_dict_per_obj"], state["temp_output_dict_per_obj"],
+                                          state["point_inputs_per_obj"], state["mask_inputs_per_obj"]]),
+            "features_cached": len(self.features) + len(state["cached_features"]),
+            "frames_encoded": sum(encoded.values()),
+            "max_encodes_per_frame": max(encoded.values(), default=0),
+            "frames_decoded": self.reader.frames_decoded,
+        }
+
+    def close(self) -> None:
+        self.features.clear()
+        self.state["cached_features"] = {}
+        self.reader.close()
+
+
+class VideoSession:
+    """Interactive tracking on one video: prompts answer at once, ``propagate`` streams (upstream's own methods).
+
+    Keeps upstream's per-frame outputs (corrections and re-propagation read them), not the decoded video:
+    frames are decoded again when a propagation or a prompt needs them. Not thread-safe: callers serialize
+    calls on one session (the deployment holds a per-session lock, never a global one).
+    """
+
+    def __init__(self, model: VideoModel, reader: FrameReader):
+        self.model, self.reader = model, reader
+        self.state = model.new_state(reader)
+
+    @property
+    def num_frames(self) -> int:
+        return self.state["num_frames"]
+
+    @property
+    def track_ids(self) -> list[str]:
+        return [str(o) for o in self.state["obj_ids"]]
+
+    def _outputs_on(self, obj_idx: int, frame: int) -> Optional[dict]:
+        state = self.state
+        for d in (state["temp_output_dict_per_obj"][obj_idx], state["output_dict_per_obj"][obj_idx]):
+            for key in ("cond_frame_outputs", "non_cond_frame_outputs"):
+                if frame in d[key]:
+                    return d[key][frame]
+        return None
+
+    def _result(self, frame: int, obj_ids, logits) -> TrackedFrame:
+        scores = [_score(self._outputs_on(i, frame)) for i in range(len(obj_ids))]
+        return self.model.frame_result(self.state, frame, self.reader.info.times_s[frame], obj_ids, logits, scores)
+
+    def add_prompt(self, p: VideoObjectPrompt) -> TrackedFrame:
+        """Add points/box (or a mask) for ``p.track_id`` on ``p.frame``; that frame's masks for every object."""
+        with self.model.context():
+            frame, obj_ids, logits = self.model.add_prompt(self.state, p.frame, p)
+            return self._result(frame, obj_ids, logits)
+
+    def remove_object(self, track_id: str) -> None:
+        with self.model.context():
+            self.model.predictor.remove_object(self.state, track_id, strict=True, need_output=False)
+
+    def propagate(self, start: Optional[int] = None, max_frames: Optional[int] = None,
+                  reverse: bool = False) -> Iterator[TrackedFrame]:
+        """Upstream ``propagate_in_video`` from ``start`` (default: the first prompted frame), ``max_frames``
+        frames at most, forward or backward; yields one ``TrackedFrame`` per frame."""
+        limit = None if max_frames is None else max(0, max_frames - 1)  # upstream tracks limit + 1 frames
+        gen = self.model.predictor.propagate_in_video(self.state, start_frame_idx=start,
+                                                       max_frame_num_to_track=limit, reverse=reverse)
+        try:
+            while True:
+                with self.model.context():
+                    try:
+                        frame, obj_ids, logits = next(gen)
+                    except StopIteration:
+                        return
+                    result = self._result(frame, obj_ids, logits)
+                yield result
+        finally:
+            gen.close()
+
+    def stats(self) -> dict:
+        state = self.state
+        return {"num_frames": self.num_frames, "objects": self.track_ids,
+                "state_bytes": _tensor_bytes([state["output_dict_per_obj"], state["temp_output_dict_per_obj"]]),
+                "frames_decoded": self.reader.frames_decoded}
+
+    def close(self) -> None:
+        self.state["cached_features"] = {}
+        self.reader.close()
