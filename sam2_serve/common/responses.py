@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
-import numpy as np
-
-from sam2_serve.common.masks import encode_mask, mask_box
-from sam2_serve.common.types import BitMask, MaskPrediction, Region
+from sam2_serve.common.masks import mask_box
+from sam2_serve.common.types import MaskPrediction, Region
 
 
 def regions_from_predictions(predictions: Sequence[MaskPrediction]) -> list[Region]:
@@ -25,27 +23,3 @@ def regions_from_predictions(predictions: Sequence[MaskPrediction]) -> list[Regi
             ))
     return regions
 
-
-def region_json(mask: np.ndarray | BitMask, score: float, track_id: Optional[str], mask_format: str) -> dict:
-    box = mask_box(mask)
-    out = {
-        "mask": encode_mask(mask, mask_format),
-        "score": score,
-        "concepts": [{"name": "1", "value": score}],
-        "box": list(box) if box is not None else None,
-    }
-    if track_id is not None:
-        out["track_id"] = track_id
-    return out
-
-
-def predict_json(image_id: str, width: int, height: int, predictions: Sequence[MaskPrediction],
-                 mask_format: str) -> dict:
-    """The HTTP answer of ``/v1/predict``, encoded straight from the decoder's packed masks."""
-    return {
-        "image_id": image_id,
-        "width": width,
-        "height": height,
-        "regions": [region_json(bits, float(p.scores[i]), p.track_id, mask_format)
-                    for p in predictions for i, bits in enumerate(p.masks)],
-    }

@@ -13,10 +13,10 @@ from typing import Optional, Sequence
 import numpy as np
 
 from sam2_serve.common.errors import InvalidRequest, LimitExceeded
-from sam2_serve.common.masks import decode_png, decode_rle, encode_mask
+from sam2_serve.common.masks import decode_png, decode_rle
 from sam2_serve.common.prompts import _Scaler, point_label
 from sam2_serve.common.schemas import FramePrompts, ListDictInput, VideoRegion
-from sam2_serve.common.types import TrackedFrame, VideoInfo, VideoObjectPrompt
+from sam2_serve.common.types import VideoInfo, VideoObjectPrompt
 
 
 def _decode_mask(region: VideoRegion, width: int, height: int, where: str) -> np.ndarray:
@@ -156,13 +156,3 @@ def check_limits(prompts: Sequence[VideoObjectPrompt], max_objects: int, max_poi
     if n_frames > max_prompted_frames:
         raise LimitExceeded(f"prompts on {n_frames} frames; the limit is {max_prompted_frames}")
 
-
-def frame_json(frame: TrackedFrame, mask_format: str = "png") -> dict:
-    """One NDJSON line: ``{"index", "time", "regions": [{"track_id", "mask", "box", "score"}]}``."""
-    return {
-        "index": frame.index,
-        "time": round(frame.time_s, 6),
-        "regions": [{"track_id": o.track_id, "mask": encode_mask(o.mask, mask_format),
-                     "box": list(o.box) if o.box is not None else None, "score": o.score}
-                    for o in frame.objects],
-    }

@@ -27,9 +27,10 @@ from sam2_serve.common.config import Limits
 from sam2_serve.common.errors import EmbeddingNotFound, InvalidRequest, InvalidVideo, LimitExceeded, ServiceError, SessionGone
 from sam2_serve.common.images import as_rgb_array, b64decode, image_id as content_id
 from sam2_serve.common.prompts import to_objects
-from sam2_serve.common.responses import predict_json, regions_from_predictions
+from sam2_serve.common.responses import regions_from_predictions
+from sam2_serve.common.wire import frame_json, predict_json, segment_json
 from sam2_serve.common.types import EmbeddingRef, EncodeRequest, MaskPrediction, PredictResult
-from sam2_serve.common.video_prompts import frame_json, generate_prompts, regions_to_prompts
+from sam2_serve.common.video_prompts import generate_prompts, regions_to_prompts
 from sam2_serve.common.videos import b64decode_video, probe_video
 from sam2_serve.common.types import TrackedFrame
 from sam2_serve.deployments.http import Guard, app, as_service_error, body_doc, body_fields, dump, request_id, validate
@@ -245,7 +246,7 @@ class SAM2Ingress:
         req, upload = await self._parse(request, schemas.SegmentAnythingRequest)
         image, image_id = self._image_arg(req, upload)
         result = await self._segment_anything(image, req, image_id)
-        return JSONResponse(await asyncio.to_thread(amg.result_json, result, req.mask_format.value))
+        return JSONResponse(await asyncio.to_thread(segment_json, result, req.mask_format.value))
 
     @app.post("/v1/embed", response_model=schemas.EmbedResponse, openapi_extra=body_doc(schemas.EmbedRequest))
     async def http_embed(self, request: Request):

@@ -30,7 +30,6 @@ crop boxes are (x0, y0, x1, y1) with exclusive ends (``generate_crop_boxes``).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
@@ -41,7 +40,6 @@ from sam2_serve.common.types import AmgParams, AmgResult, AutoMask, BatchMasks
 if TYPE_CHECKING:  # keep the ingress free of model imports at module load
     from sam2_serve.common.types import ImageEmbedding
     from sam2_serve.models.image import ImageModel
-
 
 
 @dataclass(frozen=True)
@@ -380,32 +378,5 @@ def batch_stats(per_crop: Sequence[Sequence[BatchMasks]]) -> dict:
             "stopped": sum(b.stopped for b in flat)}
 
 
-def region_json(m: AutoMask, width: int, height: int, mask_format: str) -> dict:
-    """One API region: ``mask`` (png | rle as in predict), scores, area, normalized ``box`` and ``point``."""
-    from sam2_serve.common.masks import encode_png
-
-    if mask_format == "rle":
-        counts = m.rle["counts"]
-        mask = {"rle": {"size": [int(v) for v in m.rle["size"]],
-                        "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}}
-    else:
-        mask = {"png": encode_png(m.mask)}
-    stability = m.stability_score if math.isfinite(m.stability_score) else 0.0
-    return {
-        "mask": mask,
-        "score": m.score,
-        "stability_score": stability,
-        "area": m.area,
-        "box": m.normalized_box(width, height),
-        "point": [m.point[0] / width, m.point[1] / height],
-        "concepts": [{"name": "1", "value": m.score}],
-    }
-
-
-def result_json(result: AmgResult, mask_format: str) -> dict:
-    return {"image_id": result.image_id, "width": result.width, "height": result.height,
-            "regions": [region_json(m, result.width, result.height, mask_format) for m in result.masks]}
-
-
 __all__ = ["AmgParams", "CropPlan", "BatchMasks", "AutoMask", "AmgResult", "plan_crops", "decode_batch", "merge",
-           "generate", "batch_stats", "region_json", "result_json"]
+           "generate", "batch_stats"]

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from sam2_serve.common.masks import decode_png, decode_rle
+from sam2_serve.common.wire import segment_region_json
 from sam2_serve.models import amg
 from sam2_serve.testing import KEEP_ALL, assert_same_masks, upstream_masks
 
@@ -195,16 +196,16 @@ def test_merge_prefers_smaller_crops_and_uncrops():
 def test_region_json_formats_agree():
     m = amg.merge([amg.CropPlan(0, (0, 0, 10, 10), 0, np.zeros((0, 2)))],
                   [[_batch([[2, 3, 5, 6]], [0.7], hw=(8, 10))]], amg.AmgParams())[0]
-    rle = amg.region_json(m, 10, 8, "rle")
-    png = amg.region_json(m, 10, 8, "png")
+    rle = segment_region_json(m, 10, 8, "rle")
+    png = segment_region_json(m, 10, 8, "png")
     np.testing.assert_array_equal(decode_rle(rle["mask"]["rle"]), decode_png(png["mask"]["png"]))
     assert rle["box"] == pytest.approx([0.2, 3 / 8, 0.6, 7 / 8])  # far edges: (last pixel + 1) / size
     assert rle["point"] == pytest.approx([2.5 / 10, 3.5 / 8])
     assert rle["concepts"] == [{"name": "1", "value": rle["score"]}] and rle["area"] == 16
     empty = amg.AutoMask(rle=m.rle, score=0.1, stability_score=math.nan, area=0, bbox=None, point=(0, 0),
                          crop_box=(0, 0, 10, 8))
-    assert amg.region_json(empty, 10, 8, "rle")["stability_score"] == 0.0
-    assert amg.region_json(empty, 10, 8, "rle")["box"] is None
+    assert segment_region_json(empty, 10, 8, "rle")["stability_score"] == 0.0
+    assert segment_region_json(empty, 10, 8, "rle")["box"] is None
 
 
 def test_rle_is_pycocotools_column_major():
