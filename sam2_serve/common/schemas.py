@@ -7,11 +7,41 @@ ignored. Coordinates are normalized to [0, 1] of width and height unless ``denor
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated, Optional, Union
+from typing import Annotated, Any, Optional, TypeVar, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from sam2_serve.common.errors import InvalidRequest
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
+M = TypeVar("M", bound=BaseModel)
+
+
+def describe(errors: list[dict]) -> str:
+    """Pydantic errors -> one line naming each bad field, e.g. ``regions.0.point: List should have ...``."""
+    parts = []
+    for e in errors[:5]:
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body",))
+        msg = e.get("msg", "invalid").removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def parse(model: type[M], data: Any) -> M:
+    """``model`` validated from ``data``; ``InvalidRequest`` (400) naming each bad field otherwise."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidRequest(describe(exc.errors())) from None
+
+
+def dump(value):
+    """Schema models (or lists of them) as plain data, for handle callers that pass models instead of dicts."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [dump(v) for v in value]
+    return value.model_dump() if hasattr(value, "model_dump") else value
 
 
 class Strict(BaseModel):

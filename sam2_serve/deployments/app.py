@@ -16,11 +16,11 @@ from ray.serve import Application
 from ray.serve.config import BackpressureConfig, RequestRouterConfig
 
 from sam2_serve.common.auth import AuthConfig
-from sam2_serve.common.config import Limits
+from sam2_serve.common.limits import Limits
 from sam2_serve.deployments.cache import EmbeddingCache
 from sam2_serve.deployments.decoder import MaskDecoder
 from sam2_serve.deployments.encoder import ImageEncoder
-from sam2_serve.deployments.ingress import HTTPIngress
+from sam2_serve.deployments.ingress import SAM2Ingress
 from sam2_serve.deployments.tracker import SessionRouter, VideoTracker
 from sam2_serve.models.registry import DEFAULT_MODEL, MODELS
 
@@ -31,7 +31,7 @@ from sam2_serve.models.registry import DEFAULT_MODEL, MODELS
 # every block of a thread's own arena (64 MiB heaps, unmapped when empty), with fresh mmaps that are page-faulted and
 # zeroed anew on every pass: 1.3 GB of faults a video frame, 2.4 GB a base-plus image encoding. In the one sbrk heap
 # they are reused: 8-13 % faster passes on CPU (BENCHMARKS.md). The torch thread of a replica hands the heap back
-# with malloc_trim once idle for a second (``sam2_serve.deployments.common.TorchThread``).
+# with malloc_trim once idle for a second (``sam2_serve.deployments.replica.TorchThread``).
 MODEL_MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
 # Ingress and cache: at most 2 arenas (threads otherwise get up to 8 per core, each keeping what it freed), and
 # buffers over 1 MiB (uploaded images, encoded masks) mmapped, so that they go back to the OS when freed.
@@ -163,7 +163,9 @@ def build_app(args: AppArgs) -> Application:
         **_options(t, gpu, retry, model_env)).bind(
         **model_kwargs, torch_threads=t.torch_threads, hydra_overrides=t.hydra_overrides,
         session_ttl_s=t.session_ttl_s, max_sessions=t.max_sessions)
-    ingress = serve.deployment(HTTPIngress, name="SAM2Ingress", **_options(a.ingress, False, retry, io_env)).bind(
-        encoder=encoder, decoder=decoder, cache=cache, limits=a.limits.model_dump(), tracker=tracker,
+    # serve.ingress() without an app: each replica builds its FastAPI app from SAM2Ingress.__serve_build_asgi_app__.
+    ingress = serve.deployment(serve.ingress()(SAM2Ingress), name="SAM2Ingress",
+                               **_options(a.ingress, False, retry, io_env)).bind(
+        encoder=encoder, decoder=decoder, cache=cache, tracker=tracker, limits=a.limits.model_dump(),
         auth=a.auth.model_dump(), request_timeout_s=a.request_timeout_s, retry_after_s=retry)
     return ingress

@@ -9,7 +9,7 @@ from ray.exceptions import ObjectLostError, OwnerDiedError
 
 from sam2_serve.common.errors import EmbeddingNotFound
 from sam2_serve.common.types import EmbeddingRef, ImageEmbedding, MaskPrediction, ObjectPrompt
-from sam2_serve.deployments.common import TorchThread, load_for_replica
+from sam2_serve.deployments.replica import TorchThread, load_for_replica
 from sam2_serve.models.amg import decode_batch_steps, run_step
 from sam2_serve.common.types import AmgParams, BatchMasks
 from sam2_serve.models.image import ImageModel

@@ -9,7 +9,7 @@ import ray
 from ray import serve
 
 from sam2_serve.common.types import EmbeddingRef, EncodeRequest
-from sam2_serve.deployments.common import TorchThread, load_for_replica
+from sam2_serve.deployments.replica import TorchThread, load_for_replica
 from sam2_serve.models.image import ImageModel
 
 logger = logging.getLogger("ray.serve")

@@ -15,20 +15,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import AsyncIterator, List, Optional, Sequence
 
-from ray.serve._private.request_router.common import PendingRequest
-from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequestRouter
-from ray.serve._private.request_router.replica_wrapper import RunningReplica
+from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
 
 from sam2_serve.common.errors import InvalidRequest, LimitExceeded, NotFound, SessionGone, SessionNotFound
-from sam2_serve.common.videos import FrameReader
+from sam2_serve.common.limits import Limits
+from sam2_serve.common.schemas import SessionPromptRequest
 from sam2_serve.common.types import TrackedFrame, VideoInfo, VideoObjectPrompt
-from sam2_serve.deployments.common import TorchThread, load_for_replica
+from sam2_serve.common.video_prompts import check_limits, regions_to_prompts
+from sam2_serve.common.videos import FrameReader
+from sam2_serve.deployments.ray_internals import replica_tag, replica_tag_of, session_id_of
+from sam2_serve.deployments.replica import TorchThread, load_for_replica
 
 logger = logging.getLogger("ray.serve")
 
@@ -41,8 +44,9 @@ def session_owner(session_id: str) -> Optional[str]:
     return owner if sep and owner and token else None
 
 
-class SessionRouter(PowerOfTwoChoicesRequestRouter):
-    """Power-of-two-choices routing, except that a request with a session id goes to the replica that minted it.
+class SessionRouter(FIFOMixin, RequestRouter):
+    """Power of two choices (two random replicas; Serve's router takes the one with the shorter queue), except
+    that a request with a session id goes to the replica that minted it.
 
     If that replica is not among the running ones (it died or was scaled down), the request goes to any replica,
     which answers ``SessionGone``: never another session's state, never a silent re-creation.
@@ -50,13 +54,13 @@ class SessionRouter(PowerOfTwoChoicesRequestRouter):
 
     async def choose_replicas(self, candidate_replicas: List[RunningReplica],
                               pending_request: Optional[PendingRequest] = None) -> List[List[RunningReplica]]:
-        session_id = pending_request.metadata.session_id if pending_request is not None else ""
+        session_id = session_id_of(pending_request)
         owner = session_owner(session_id) if session_id else None
         if owner is not None:
             for replica in candidate_replicas:
-                if replica.replica_id.unique_id == owner:
+                if replica_tag_of(replica) == owner:
                     return [[replica]]
-        return await super().choose_replicas(candidate_replicas, pending_request)
+        return [random.sample(candidate_replicas, min(2, len(candidate_replicas)))]
 
 
 @dataclass
@@ -67,15 +71,6 @@ class _Session:
     last_used: float
     ttl_s: float
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-
-def _replica_tag() -> str:
-    try:
-        from ray import serve
-
-        return serve.get_replica_context().replica_id.unique_id
-    except Exception:  # constructed without Ray (unit use)
-        return "local" + secrets.token_hex(4)
 
 
 def _next(iterator):
@@ -96,7 +91,7 @@ class VideoTracker:
         self.model = VideoModel(loaded)
         self.session_ttl_s = float(session_ttl_s)
         self.max_sessions = int(max_sessions)
-        self.tag = _replica_tag()
+        self.tag = replica_tag() or "local" + secrets.token_hex(4)  # "local...": built without Ray
         self._sessions: dict[str, _Session] = {}
         self._gone: OrderedDict[str, str] = OrderedDict()  # recently ended session id -> why
         self.streams_active = 0
@@ -197,17 +192,15 @@ class VideoTracker:
             await asyncio.wait([fut])
             raise
 
-    async def add_prompts(self, session_id: str, prompts: Sequence[VideoObjectPrompt],
-                          max_objects: int = 32) -> TrackedFrame:
-        """Add each object's prompts on one frame; that frame's masks for every object of the session."""
+    async def add_prompts(self, session_id: str, req: SessionPromptRequest, limits: Limits) -> TrackedFrame:
+        """Each object's prompts on frame ``req.index``, checked against this session's video and ``limits``;
+        that frame's masks for every object of the session."""
         s = self._get(session_id)
-        if not prompts:
-            raise InvalidRequest("no prompts given")
         async with s.lock:
-            new = {p.track_id for p in prompts} - set(s.session.track_ids)
-            if len(new) + len(s.session.track_ids) > max_objects:
-                raise LimitExceeded(f"the session would track {len(new) + len(s.session.track_ids)} objects; "
-                                    f"the limit is {max_objects}")
+            prompts = regions_to_prompts(req.index, req.regions, s.info, req.denormalize_coord, req.clear_old_points,
+                                         set(s.session.track_ids))
+            check_limits(prompts, limits.max_video_objects, limits.max_points, limits.max_prompted_frames,
+                         existing_ids=s.session.track_ids)
             try:
                 result = None
                 for p in prompts:

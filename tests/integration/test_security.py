@@ -22,7 +22,9 @@ from PIL import Image
 from tests.integration.conftest import assert_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICE_CODE = [p for d in ("common", "deployments", "models") for p in sorted((ROOT / d).glob("*.py"))]
+# The server: every module of the package but the HTTP client (sam2_serve/client) and the tests' support module.
+SERVICE_CODE = [p for p in sorted((ROOT / "sam2_serve").rglob("*.py"))
+                if "client" not in p.relative_to(ROOT / "sam2_serve").parts[:1] and p.name != "testing.py"]
 
 
 def b64(data: bytes) -> str:

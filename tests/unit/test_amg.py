@@ -238,10 +238,10 @@ def test_rle_is_pycocotools_column_major():
 def test_options_name_the_field_and_range(field, value, expected):
     from sam2_serve.common.errors import InvalidRequest
     from sam2_serve.common.schemas import SegmentAnythingOptions
-    from sam2_serve.deployments.http import validate as _validate
+    from sam2_serve.common.schemas import parse
 
     with pytest.raises(InvalidRequest) as err:
-        _validate(SegmentAnythingOptions, {field: value})
+        parse(SegmentAnythingOptions, {field: value})
     assert expected in err.value.message
 
 

@@ -9,7 +9,6 @@ application, is in tests/integration/test_faults.py.
 from __future__ import annotations
 
 import asyncio
-import inspect
 
 import pytest
 from fastapi import FastAPI
@@ -98,27 +97,15 @@ def test_unknown_auth_option_is_rejected():
 
 @pytest.fixture(scope="module")
 def ingress_app():
-    """The ingress's FastAPI app with Serve's per-replica ``self`` injection pointed at a local instance."""
-    from fastapi.routing import APIRoute
-
-    from sam2_serve.deployments.ingress import SAM2Ingress, app
-
-    def walk(routes):
-        for r in routes:
-            yield from walk(r.original_router.routes) if hasattr(r, "original_router") else [r]
-
-    route = next(r for r in walk(app.routes) if isinstance(r, APIRoute))
-    servable = inspect.signature(route.endpoint).parameters["self"].default.dependency
+    """The FastAPI app an ingress replica builds, over a local ``SAM2Ingress`` (no Ray: no handle is reached)."""
+    from sam2_serve.deployments.ingress import SAM2Ingress
+    from sam2_serve.http.routes import build_http_app
 
     def make(**kwargs):
         # No model work is reached in these tests: every request is refused or invalid before a handle is used.
-        instance = SAM2Ingress(encoder=None, decoder=None, cache=None, **kwargs)
-        app.dependency_overrides[servable] = lambda: instance
-        return TestClient(app)
+        return TestClient(build_http_app(SAM2Ingress(encoder=None, decoder=None, cache=None, **kwargs)))
 
-    yield make
-    app.dependency_overrides.clear()
-    app.state.guard = None
+    return make
 
 
 def test_ingress_with_key_missing_wrong_right(ingress_app, tmp_path):
@@ -155,13 +142,15 @@ def test_ingress_refuses_to_start_misconfigured(ingress_app, tmp_path):
 
 def _guarded_app(exc: BaseException | None = None, sleep_s: float = 0.0, timeout_s: float | None = None):
     """A FastAPI app whose one route uses the ingress's route class and error handlers."""
-    import sam2_serve.deployments.http as http
+    from types import SimpleNamespace
+
+    from sam2_serve.http.guard import GuardedRoute, install_error_handlers
 
     app = FastAPI()
-    app.router.route_class = http.GuardedRoute
-    for exc_class, handler in http.app.exception_handlers.items():
-        app.add_exception_handler(exc_class, handler)
-    app.state.guard = http.Guard(ApiKeys([]), timeout_s, retry_after_s=3)
+    app.router.route_class = GuardedRoute
+    install_error_handlers(app)
+    # The settings GuardedRoute reads of the ingress it guards.
+    app.state.ingress = SimpleNamespace(api_keys=ApiKeys([]), request_timeout_s=timeout_s, retry_after_s=3)
 
     @app.post("/work")
     async def work():

@@ -1,11 +1,11 @@
-"""sam2_serve/deployments/web.py: the page's routes on a bare FastAPI app (no Ray): files, headers, and a missing page."""
+"""sam2_serve/http/web.py: the page's routes on a bare FastAPI app (no Ray): files, headers, and a missing page."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from sam2_serve.deployments.web import CSP, WEB_DIR, add_web_routes
+from sam2_serve.http.web import CSP, WEB_DIR, add_web_routes
 
 
 def _client(web_dir=WEB_DIR) -> TestClient:
@@ -38,7 +38,7 @@ def test_page_and_files_are_served_with_headers():
 
 def test_nothing_outside_the_web_folder_is_served():
     client = _client()
-    for path in ("/static/../deployments/web.py", "/static/%2e%2e/deployments/web.py", "/static/missing.js",
+    for path in ("/static/../http/web.py", "/static/%2e%2e/http/web.py", "/static/missing.js",
                  "/static/", "/index.html", "/web.py"):
         assert client.get(path).status_code == 404, path
 

@@ -1,15 +1,15 @@
-"""The browser page: ``GET /`` (``web/index.html``) and its files under ``/static`` (no build step, no CDN).
+"""The browser page: ``GET /`` (``sam2_serve/web/index.html``) and its files under ``/static`` (no build step, no CDN).
 
-The page only calls this service's own ``/v1`` API (relative URLs), so it works offline and behind any proxy
-prefix. Its routes are plain Starlette routes, outside ``_GuardedRoute``: the page itself is public, and the API
-it calls keeps its API-key check (the page sends the key the user types as ``Authorization: Bearer``).
+The page ships inside the package (package data), so a wheel serves it as the repository does. It only calls this
+service's own ``/v1`` API (relative URLs), so it works offline and behind any proxy prefix. Its routes are plain
+Starlette routes, outside ``GuardedRoute``: the page itself is public, and the API it calls keeps its API-key check
+(the page sends the key the user types as ``Authorization: Bearer``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -18,19 +18,9 @@ from starlette.responses import FileResponse, PlainTextResponse
 from starlette.staticfiles import StaticFiles
 
 
-def _find_web_dir() -> Path:
-    """``$SAM2_SERVE_WEB_DIR``, else ``web/`` of the repository (source tree, editable install), else the copy a
-    wheel installs under ``<prefix>/share/sam2-serve/web`` (pyproject ``data-files``)."""
-    if os.environ.get("SAM2_SERVE_WEB_DIR"):
-        return Path(os.environ["SAM2_SERVE_WEB_DIR"])
-    repo = Path(__file__).resolve().parent.parent / "web"
-    if (repo / "index.html").is_file():
-        return repo
-    return Path(sys.prefix) / "share" / "sam2-serve" / "web"
-
-
 logger = logging.getLogger("ray.serve")
-WEB_DIR = _find_web_dir()
+# $SAM2_SERVE_WEB_DIR serves another copy of the page (e.g. while editing it against a running service).
+WEB_DIR = Path(os.environ.get("SAM2_SERVE_WEB_DIR") or Path(__file__).resolve().parent.parent / "web")
 
 # Everything from this origin only: the page cannot load or send anything elsewhere, even if a file were changed
 # to try. blob:/data: are the user's own files and decoded masks.
@@ -53,8 +43,7 @@ class _StaticFiles(StaticFiles):
 def add_web_routes(app: FastAPI, web_dir: Path = WEB_DIR) -> None:
     """Register ``GET /`` (the page) and mount ``/static`` (its scripts and styles) on ``app``.
 
-    Serve's ``@serve.ingress`` rewrites only the app's class-method API routes; these plain routes and the mount
-    are kept as registered. Without ``web_dir/index.html`` the API is served as usual and ``/`` answers 404 saying
+    Without ``web_dir/index.html`` the API is served as usual and ``/`` answers 404 saying
     where the page should be (a missing page must not take the API down).
     """
     index = web_dir / "index.html"

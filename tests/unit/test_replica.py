@@ -1,4 +1,4 @@
-"""sam2_serve.deployments.common: the one torch thread per replica and the idle memory trim (no Ray needed)."""
+"""sam2_serve.deployments.replica: the one torch thread per replica and the idle memory trim (no Ray needed)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from sam2_serve.deployments.common import TorchThread
+from sam2_serve.deployments.replica import TorchThread
 
 
 def test_torch_thread_runs_every_call_on_one_thread_in_order():
