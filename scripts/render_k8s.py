@@ -141,8 +141,8 @@ def load_serve_config(path: Path = SERVE_CONFIG) -> dict:
 def gpu_shares(app: dict) -> dict[str, float]:
     """``{deployment name: GPUs per replica}`` of the application when it runs on CUDA.
 
-    Binds the real graph (``bind_app`` with ``device: cuda``; nothing is resolved or loaded) and applies the config's own
-    ``ray_actor_options`` on top, as Serve does.
+    Binds the real graph (``bind_app`` with ``device: cuda``; nothing is resolved or loaded) and applies the
+    config's own ``ray_actor_options`` on top, as Serve does.
     """
     sys.path.insert(0, str(ROOT))
     from ray.serve._private.build_app import build_app as build_serve_app
