@@ -59,8 +59,10 @@ def resolve_checkpoint(spec: ModelSpec, checkpoint: str | os.PathLike | None = N
         return cached
     url = f"https://huggingface.co/{spec.hf_repo}/resolve/main/{spec.hf_file}"
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import constants, hf_hub_download
 
+        if not constants.HF_HUB_OFFLINE:
+            _probe(f"{constants.ENDPOINT}/{spec.hf_repo}/resolve/main/{spec.hf_file}")
         logger.info("downloading %s from the Hugging Face Hub (%s) into %s", spec.name, spec.hf_repo, cached.parent)
         return Path(hf_hub_download(repo_id=spec.hf_repo, filename=spec.hf_file, local_dir=cached.parent))
     except Exception as exc:  # offline, proxy, 404, disk full: the remedy is the same
@@ -69,6 +71,18 @@ def resolve_checkpoint(spec: ModelSpec, checkpoint: str | os.PathLike | None = N
             f"({type(exc).__name__}: {exc}). Download {url} on a machine with internet access and either "
             f"put it at {cached} or pass checkpoint=/path/to/{spec.hf_file}"
         ) from exc
+
+
+def _probe(url: str, timeout_s: float = 10.0) -> None:
+    """One request to the Hub, which raises when it cannot be reached at all (no route, DNS, refused, timeout).
+
+    huggingface_hub retries those five times with back-off (23 s of sleep, ten times that with packets dropped):
+    right for a flaky link, but without any network a start would hang for minutes before saying what to do. Any
+    HTTP answer (even an error status) counts as reachable; the download itself then keeps its own retries.
+    """
+    import requests
+
+    requests.head(url, timeout=timeout_s, allow_redirects=False)
 
 
 def select_device(device: Device = "auto") -> torch.device:
