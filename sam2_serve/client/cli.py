@@ -251,6 +251,8 @@ def _serve(args) -> int:
 
 def _preflight(config: Path) -> Path:
     """Validate ``config``; resolve (download) and check each sam2 application's checkpoint; return ``serve``."""
+    if not config.is_file():
+        raise _Unready(f"no Serve config at {config}")
     missing = [m for m in ("torch", "sam2", "ray") if importlib.util.find_spec(m) is None]
     if missing:
         raise _Unready(f"`sam2-serve serve` runs the server, which needs {', '.join(missing)}: "
@@ -264,8 +266,6 @@ def _preflight(config: Path) -> Path:
     from sam2_serve.models.loader import check_checkpoint
     from sam2_serve.models.registry import get_spec
 
-    if not config.is_file():
-        raise _Unready(f"no Serve config at {config}")
     try:
         schema = ServeDeploySchema.model_validate(yaml.safe_load(config.read_text()))
     except (yaml.YAMLError, ValidationError) as exc:
