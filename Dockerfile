@@ -13,19 +13,20 @@ ARG TORCHVISION_VERSION=0.29.1
 RUN pip install --no-cache-dir --index-url ${TORCH_INDEX_URL} torch==${TORCH_VERSION} torchvision==${TORCHVISION_VERSION}
 RUN SAM2_BUILD_CUDA=0 pip install --no-cache-dir --no-build-isolation sam2==1.1.0
 
+# The project: pyproject.toml (README.md is its readme), and the one package, sam2_serve (the browser page in
+# sam2_serve/web is package data). The server extra brings Ray's Serve, FastAPI, PyAV, ...; torch, torchvision and
+# sam2 are already satisfied by the lines above, so pip keeps them.
 WORKDIR /home/ray/sam2-serve
 COPY --chown=ray:users pyproject.toml README.md ./
-COPY --chown=ray:users common ./common
-COPY --chown=ray:users models ./models
-COPY --chown=ray:users deployments ./deployments
-COPY --chown=ray:users web ./web
-RUN pip install --no-cache-dir .
+COPY --chown=ray:users sam2_serve ./sam2_serve
+RUN pip install --no-cache-dir ".[server]"
 
 # The checkpoint is baked in: pods start without a download and without a shared volume (see README, "Deploy on
 # Kubernetes"). sam2_serve.models.loader looks in SAM2_SERVE_CHECKPOINT_DIR first; the build fetches the file from the
-# Hugging Face Hub into it. Bake another size with --build-arg SAM2_MODEL=sam2.1-hiera-large (and name it in
-# serve_config.yaml).
+# Hugging Face Hub into it and checks that it holds that model's weights. Bake another size with
+# --build-arg SAM2_MODEL=sam2.1-hiera-large (and name it in serve_config.yaml).
 ENV SAM2_SERVE_CHECKPOINT_DIR=/home/ray/checkpoints
 ARG SAM2_MODEL=sam2.1-hiera-base-plus
-RUN python -c "from sam2_serve.models.loader import resolve_checkpoint; from sam2_serve.models.registry import get_spec; \
-print(resolve_checkpoint(get_spec('${SAM2_MODEL}')))"
+RUN python -c "from sam2_serve.models.loader import check_checkpoint, resolve_checkpoint; \
+from sam2_serve.models.registry import get_spec; spec = get_spec('${SAM2_MODEL}'); path = resolve_checkpoint(spec); \
+check_checkpoint(spec, path); print(path)"

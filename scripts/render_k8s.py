@@ -13,7 +13,7 @@ What it derives from ``serve_config.yaml``, per manifest (``k8s/base`` and each 
   GPUs would only sit pending.
 
 Everything else (placements, batching, autoscaling targets, HTTP options) is copied as it is. Which deployments
-use GPUs is read from the application itself: ``sam2_serve.deployments.app.build_app`` is bound with ``device: cuda``.
+use GPUs is read from the application itself, as ``sam2_serve.deployments.app.bind_app`` binds it with ``device: cuda``.
 
 It also holds ``kustomize_build``, the subset of ``kubectl kustomize`` the manifests use (resources, images,
 JSON 6902 patches), so the rendered overlays can be checked where kubectl is not installed.
@@ -141,16 +141,16 @@ def load_serve_config(path: Path = SERVE_CONFIG) -> dict:
 def gpu_shares(app: dict) -> dict[str, float]:
     """``{deployment name: GPUs per replica}`` of the application when it runs on CUDA.
 
-    Binds the real graph (``build_app`` with ``device: cuda``; nothing is loaded) and applies the config's own
-    ``ray_actor_options`` on top, as Serve does.
+    Binds the real graph (``bind_app`` with ``device: cuda``; nothing is resolved or loaded) and applies the
+    config's own ``ray_actor_options`` on top, as Serve does.
     """
     sys.path.insert(0, str(ROOT))
     from ray.serve._private.build_app import build_app as build_serve_app
 
-    from sam2_serve.deployments.app import build_app
+    from sam2_serve.deployments.app import bind_app
 
     args = dict(app.get("args") or {}, device="cuda")
-    built = build_serve_app(build_app(args), name=app["name"])
+    built = build_serve_app(bind_app(args), name=app["name"])
     overrides = {d["name"]: d.get("ray_actor_options") or {} for d in app.get("deployments", [])}
     shares = {}
     for dep in built.deployments:

@@ -3,6 +3,7 @@
     sam2-serve predict photo.jpg --point 0.5,0.5 --point 0.2,0.3,0 -o mask.png
     sam2-serve segment-anything photo.jpg -o masks/
     sam2-serve track clip.mp4 --point 0.5,0.5 -o overlay.mp4
+    sam2-serve serve serve_config.yaml     # runs the service (needs the server extra: sam2-serve[server])
 
 Coordinates are fractions of the width (x) and height (y) unless ``--pixels``. ``--url`` (default
 ``$SAM2_SERVE_URL`` or http://127.0.0.1:8000) and ``--api-key`` (default ``$SAM2_SERVE_API_KEY``) pick the service.
@@ -11,6 +12,7 @@ Coordinates are fractions of the width (x) and height (y) unless ``--pixels``. `
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -23,6 +25,7 @@ from sam2_serve.client.errors import Sam2ServeError
 from sam2_serve.client.types import Concept, Region
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+SAM2_IMPORT_PATH = "sam2_serve.deployments.app:build_app"
 
 
 def _numbers(text: str, n: Sequence[int], what: str) -> tuple[list[float], Optional[str]]:
@@ -101,11 +104,23 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--start-frame", type=int, default=0)
     tr.add_argument("--max-frames", type=int, default=None)
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sv = sub.add_parser("serve", help="run the service from a Serve config (needs sam2-serve[server])",
+                        description="Validates CONFIG, resolves the checkpoint of every sam2 application in it "
+                                    "(downloading it from the Hugging Face Hub when it is not cached, with a "
+                                    "progress bar), checks that it loads as that model's weights, then hands over "
+                                    "to `serve run CONFIG`. Any problem before that: a message and exit code 1.")
+    sv.add_argument("config", nargs="?", type=Path, default=Path("serve_config.yaml"),
+                    help="Serve config file (default: %(default)s)")
+    sv.add_argument("serve_args", nargs=argparse.REMAINDER, metavar="...",
+                    help="more arguments for `serve run` (e.g. --address auto)")
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
     try:
         with Model(args.url, api_key=args.api_key, timeout=args.timeout) as model:
             return {"predict": _predict, "segment-anything": _segment_anything, "track": _track}[args.command](
@@ -208,6 +223,75 @@ def _track(model: Model, args) -> int:
         raise ValueError("the service returned no frames (is --start-frame past the end of the video?)")
     print(f"{n} frames tracked: {args.output}")
     return 0
+
+
+class _Unready(Exception):
+    """Why ``sam2-serve serve`` will not start the service."""
+
+
+def _serve(args) -> int:
+    """Check CONFIG and every sam2 application's checkpoint here, then ``exec`` Ray's ``serve run CONFIG``."""
+    try:
+        serve_bin = _preflight(args.config)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 -- whatever it is, nothing has started: say why and stop
+        message = str(exc) if isinstance(exc, _Unready) else f"{type(exc).__name__}: {exc}"
+        print(f"sam2-serve: error: {message}", file=sys.stderr)
+        return 1
+    command = [str(serve_bin), "run", str(args.config), *args.serve_args]
+    print(f"sam2-serve: starting: {' '.join(command)}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    try:
+        os.execvp(command[0], command)  # replaces this process: Ctrl-C and signals reach `serve run` itself
+    except OSError as exc:
+        print(f"sam2-serve: error: could not start {command[0]}: {exc}", file=sys.stderr)
+    return 1
+
+
+def _preflight(config: Path) -> Path:
+    """Validate ``config``; resolve (download) and check each sam2 application's checkpoint; return ``serve``."""
+    if not config.is_file():
+        raise _Unready(f"no Serve config at {config}")
+    missing = [m for m in ("torch", "sam2", "ray") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise _Unready(f"`sam2-serve serve` runs the server, which needs {', '.join(missing)}: "
+                       "pip install 'sam2-serve[server]' (torch first, see the README)")
+    import yaml
+    from pydantic import ValidationError
+    from ray.serve.schema import ServeDeploySchema
+
+    from sam2_serve.common.errors import ModelUnavailable
+    from sam2_serve.deployments.app import AppArgs, resolve_app_checkpoint
+    from sam2_serve.models.loader import check_checkpoint
+    from sam2_serve.models.registry import get_spec
+
+    try:
+        schema = ServeDeploySchema.model_validate(yaml.safe_load(config.read_text()))
+    except (yaml.YAMLError, ValidationError) as exc:
+        raise _Unready(f"{config} is not a valid Serve config: {exc}") from None
+    apps = [app for app in schema.applications if app.import_path == SAM2_IMPORT_PATH]
+    if not apps:
+        found = ", ".join(app.import_path for app in schema.applications) or "none"
+        raise _Unready(f"{config} has no application with import_path {SAM2_IMPORT_PATH} (found: {found})")
+    for app in apps:
+        try:
+            a = AppArgs.model_validate(app.args or {})
+        except ValidationError as exc:
+            raise _Unready(f"{config}: application {app.name!r} has invalid args: {exc}") from None
+        print(f"sam2-serve: application {app.name!r}: {a.model}: finding the checkpoint", file=sys.stderr,
+              flush=True)
+        try:
+            path, sha256 = resolve_app_checkpoint(a)
+            check_checkpoint(get_spec(a.model), path)
+        except ModelUnavailable as exc:
+            raise _Unready(str(exc)) from None
+        print(f"sam2-serve: application {app.name!r}: {path} (sha256 {sha256}) holds {a.model}'s weights",
+              file=sys.stderr, flush=True)
+    serve_bin = Path(sys.executable).with_name("serve")
+    if not serve_bin.is_file():
+        raise _Unready(f"no `serve` command next to {sys.executable}: is ray[serve] installed in this environment?")
+    return serve_bin
 
 
 class _Progress:

@@ -1,13 +1,19 @@
 """The application graph, bound in one place: ``build_app(args)``.
 
     serve run sam2_serve.deployments.app:build_app model=sam2.1-hiera-tiny checkpoint=path/to/ckpt.pt device=cpu
-    serve run serve_config.yaml            # the same keys under ``args:``
+    sam2-serve serve serve_config.yaml     # the same keys under ``args:``; checks the checkpoint, then `serve run`
+
+``build_app`` resolves the checkpoint (``resolve_app_checkpoint``) before it binds anything, so a missing one
+fails the build (at once in the ``serve run`` process for an import path) instead of every replica retrying.
+``bind_app`` binds only, resolving nothing (for checks of the graph, e.g. ``scripts/render_k8s.py``).
 
 Deployments are plain classes (see their files); here they get their Ray options and handles.
 GPU shares are applied only when the model runs on CUDA: ``device=cuda``, or ``device=auto`` on a cluster
 that has GPUs. On a CPU-only machine the same config runs with fractional CPU shares instead.
 """
 
+import logging
+from pathlib import Path
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -135,11 +141,39 @@ def _options(p: Placement, gpu: bool, retry_after_s: float = 1.0, env: dict | No
     return options
 
 
+def resolve_app_checkpoint(args: AppArgs | dict) -> tuple[Path, str]:
+    """(path, sha256) of the application's checkpoint: ``checkpoint=``, the cache, or a download from the Hub
+    (huggingface_hub's progress bar); ``ModelUnavailable`` saying how to get the file otherwise."""
+    from sam2_serve.common.errors import ModelUnavailable
+    from sam2_serve.models.loader import file_sha256, resolve_checkpoint
+    from sam2_serve.models.registry import get_spec
+
+    a = args if isinstance(args, AppArgs) else AppArgs.model_validate(args or {})
+    try:
+        spec = get_spec(a.model)
+    except KeyError as exc:
+        raise ModelUnavailable(str(exc.args[0])) from None
+    path = resolve_checkpoint(spec, a.checkpoint)
+    return path, file_sha256(path)
+
+
 def build_app(args: AppArgs) -> Application:
-    """Bind encoder, decoder and cache under the ingress. Application name ``sam2``, route prefix ``/``.
+    """Resolve the checkpoint once (an error here fails the build, before any replica starts), then ``bind_app``.
 
     Serve validates CLI ``key=value`` pairs and config ``args:`` into ``AppArgs`` (this annotation is what tells
     it to); Python callers may pass a plain dict.
+    """
+    a = args if isinstance(args, AppArgs) else AppArgs.model_validate(args or {})
+    path, sha256 = resolve_app_checkpoint(a)
+    logging.getLogger("ray.serve").info("sam2: %s checkpoint %s (sha256 %s)", a.model, path, sha256)
+    # Replicas resolve it again where they run (the same path on one machine or in the baked image).
+    return bind_app(a)
+
+
+def bind_app(args: AppArgs | dict) -> Application:
+    """Bind encoder, decoder and cache under the ingress. Application name ``sam2``, route prefix ``/``.
+
+    Binds only: nothing is resolved or loaded here (``build_app`` checks the checkpoint first).
     """
     a = args if isinstance(args, AppArgs) else AppArgs.model_validate(args or {})
     gpu = uses_gpu(a.device)

@@ -1,7 +1,9 @@
-"""README's run command, for real: `serve run serve_config.yaml` with the default model from the local cache.
+"""README's run command, for real: `sam2-serve serve serve_config.yaml` (what `make serve` runs) with the default
+model from the local cache.
 
 The test writes a sam2.1-hiera-base-plus checkpoint (random, seeded) where the loader's cache expects it, runs the
-Serve CLI on serve_config.yaml (only the HTTP port changed, to a free one) in its own Ray instance, and calls it.
+command on serve_config.yaml (only the HTTP port changed, to a free one): it checks the checkpoint and hands over to
+Ray's `serve run` in the same process, which starts its own Ray instance; then the test calls the service.
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ def served(tmp_path_factory):
     config_path.write_text(yaml.safe_dump(config))
     env = {**os.environ, "SAM2_SERVE_CHECKPOINT_DIR": str(ckpt.parent), "HF_HUB_OFFLINE": "1"}
     env.pop("RAY_ADDRESS", None)
-    serve_bin = Path(sys.executable).with_name("serve")
+    command = Path(sys.executable).with_name("sam2-serve")
+    assert command.is_file(), f"no sam2-serve next to {sys.executable}: run scripts/setup.sh"
     log = open(tmp / "serve.log", "w")
-    proc = subprocess.Popen([str(serve_bin), "run", str(config_path)], cwd=ROOT, env=env, stdout=log,
+    proc = subprocess.Popen([str(command), "serve", str(config_path)], cwd=ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -54,7 +57,12 @@ def served(tmp_path_factory):
                 pass
             time.sleep(2)
         else:
-            pytest.fail("serve run did not come up:\n" + (tmp / "serve.log").read_text()[-3000:])
+            pytest.fail("sam2-serve serve did not come up:\n" + (tmp / "serve.log").read_text()[-3000:])
+        log.flush()
+        text = (tmp / "serve.log").read_text()
+        # the checkpoint was checked before Ray started, then `serve run` took over the same process
+        assert f"{ckpt} (sha256 {hashlib.sha256(ckpt.read_bytes()).hexdigest()}) holds" in text, text[-3000:]
+        assert f"starting: {command.with_name('serve')} run {config_path}" in text, text[-3000:]
         yield base, ckpt
     finally:
         os.killpg(proc.pid, signal.SIGINT)
@@ -65,7 +73,7 @@ def served(tmp_path_factory):
         log.close()
 
 
-def test_serve_run_serve_config_yaml(served, groceries_path):
+def test_sam2_serve_serve_config_yaml(served, groceries_path):
     base, ckpt = served
     [info] = requests.get(f"{base}/v1/models", timeout=60).json()
     assert info["name"] == "sam2.1-hiera-base-plus"

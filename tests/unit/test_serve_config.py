@@ -25,10 +25,10 @@ def built(serve_config):
     """The application of serve_config.yaml bound as on a GPU cluster (nothing is loaded)."""
     from ray.serve._private.build_app import build_app as build_serve_app
 
-    from sam2_serve.deployments.app import build_app
+    from sam2_serve.deployments.app import bind_app
 
     app = serve_config["applications"][0]
-    return build_serve_app(build_app(dict(app["args"], device="cuda")), name=app["name"])
+    return build_serve_app(bind_app(dict(app["args"], device="cuda")), name=app["name"])
 
 
 def test_serve_config_is_strictly_valid(serve_config):
@@ -113,9 +113,9 @@ def _envs(app) -> dict[str, dict]:
 
 
 def test_model_replicas_keep_activations_in_the_heap_and_io_replicas_mmap_large_buffers():
-    from sam2_serve.deployments.app import build_app
+    from sam2_serve.deployments.app import bind_app
 
-    envs = _envs(build_app({"device": "cpu"}))
+    envs = _envs(bind_app({"device": "cpu"}))
     for name in ("ImageEncoder", "MaskDecoder", "VideoTracker"):
         assert envs[name]["MALLOC_MMAP_MAX_"] == "0" and int(envs[name]["MALLOC_TRIM_THRESHOLD_"]) >= 1 << 32, name
         assert "MALLOC_MMAP_THRESHOLD_" not in envs[name], f"{name} would page-fault every large activation afresh"
@@ -125,6 +125,6 @@ def test_model_replicas_keep_activations_in_the_heap_and_io_replicas_mmap_large_
         assert envs[name]["MALLOC_MMAP_THRESHOLD_"] == str(1 << 20) and "MALLOC_MMAP_MAX_" not in envs[name], name
         assert envs[name]["MALLOC_ARENA_MAX"] == "2"
     # a user's replica_env wins over the defaults of either kind
-    envs = _envs(build_app({"device": "cpu", "replica_env": {"MALLOC_MMAP_MAX_": "65536", "X": "1"}}))
+    envs = _envs(bind_app({"device": "cpu", "replica_env": {"MALLOC_MMAP_MAX_": "65536", "X": "1"}}))
     assert envs["MaskDecoder"]["MALLOC_MMAP_MAX_"] == "65536" and envs["SAM2Ingress"]["X"] == "1"
     assert envs["MaskDecoder"]["MALLOC_ARENA_MAX"] == "1" and envs["MaskDecoder"]["X"] == "1"
