@@ -32,8 +32,8 @@ CHROMIUM = os.environ.get("SAM2_SERVE_CHROMIUM", "/usr/bin/chromium")
 # Without the background-networking flags Chromium tries to reach Google's services at start-up (refused here).
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-TINT = (30, 144, 255)     # web/app.js PALETTE[0]: the first object's colour
-ALPHA = 128 / 255         # web/app.js TINT_ALPHA
+TINT = (30, 144, 255)     # web/draw.js PALETTE[0]: the first object's colour
+ALPHA = 128 / 255         # web/draw.js TINT_ALPHA
 CLIP_FRAMES = 6
 TIMEOUT_MS = 120_000      # model work on a shared 2-core CPU: generous, never a pass/fail criterion
 
@@ -138,10 +138,21 @@ def test_page_and_static_files_need_no_network(base_url, http):
         f = http.get(f"{base_url}/{ref}", timeout=30)
         assert f.status_code == 200, (ref, f.status_code)
         files[ref] = f.text
-    assert "javascript" in http.get(f"{base_url}/static/app.js", timeout=30).headers["content-type"]
+    # The script is app.js and the ES modules it imports, each a file of the same folder: ./<name>.js.
+    modules, pending = {}, ["app.js"]
+    while pending:
+        name = pending.pop()
+        if name in modules:
+            continue
+        f = http.get(f"{base_url}/static/{name}", timeout=30)
+        assert f.status_code == 200 and "javascript" in f.headers["content-type"], (name, f.status_code, f.headers)
+        modules[name] = files[f"static/{name}"] = f.text
+        for spec in re.findall(r"""^\s*import\b[^;]*?\bfrom\s*["']([^"']+)["']""", f.text, re.M):
+            assert re.fullmatch(r"\./[\w-]+\.js", spec), f"{name} imports {spec}: only ./<name>.js of its folder"
+            pending.append(spec[2:])
     for name, text in files.items():
         assert not re.search(r"https?://|wss?://", text), f"{name} names an address outside the server"
-    js = files["static/app.js"]
+    js = "\n".join(modules.values())
     assert js.count("fetch(") == 1, "every request goes through api()"
     paths = re.findall(r"""\bapi\(\s*[`"']([^`"']*)""", js)
     assert len(paths) >= 6 and all(p.startswith("v1/") for p in paths), paths  # relative to the page
