@@ -166,18 +166,21 @@ def build_app(args: AppArgs) -> Application:
     a = args if isinstance(args, AppArgs) else AppArgs.model_validate(args or {})
     path, sha256 = resolve_app_checkpoint(a)
     logging.getLogger("ray.serve").info("sam2: %s checkpoint %s (sha256 %s)", a.model, path, sha256)
-    # Replicas resolve it again where they run (the same path on one machine or in the baked image).
-    return bind_app(a)
+    # Replicas resolve it again where they run (the same path on one machine or in the baked image) and refuse a
+    # file with another sha256: every replica serves the weights the application was built with.
+    return bind_app(a, checkpoint_sha256=sha256)
 
 
-def bind_app(args: AppArgs | dict) -> Application:
-    """Bind encoder, decoder and cache under the ingress. Application name ``sam2``, route prefix ``/``.
+def bind_app(args: AppArgs | dict, checkpoint_sha256: str | None = None) -> Application:
+    """Bind encoder, decoder, cache and tracker under the ingress. Application name ``sam2``, route prefix ``/``.
 
-    Binds only: nothing is resolved or loaded here (``build_app`` checks the checkpoint first).
+    Binds only: nothing is resolved or loaded here (``build_app`` checks the checkpoint first and passes its
+    ``checkpoint_sha256``, which model replicas then require of the file they load).
     """
     a = args if isinstance(args, AppArgs) else AppArgs.model_validate(args or {})
     gpu = uses_gpu(a.device)
-    model_kwargs = {"model": a.model, "checkpoint": a.checkpoint, "device": a.device, "dtype": a.dtype}
+    model_kwargs = {"model": a.model, "checkpoint": a.checkpoint, "device": a.device, "dtype": a.dtype,
+                    "checkpoint_sha256": checkpoint_sha256}
 
     retry = a.retry_after_s
     model_env, io_env = {**MODEL_MALLOC_ENV, **a.replica_env}, {**IO_MALLOC_ENV, **a.replica_env}

@@ -19,9 +19,10 @@ class MaskDecoder:
     """Decodes prompts against an image embedding it is handed; it never holds an image of its own."""
 
     def __init__(self, model: str, checkpoint: str | None = None, device: str = "auto", dtype: str = "float32",
-                 torch_threads: int | None = None):
+                 torch_threads: int | None = None, checkpoint_sha256: str | None = None):
         self.torch = TorchThread()
-        loaded = self.torch.call(load_for_replica, model, checkpoint, device, dtype, torch_threads)
+        loaded = self.torch.call(load_for_replica, model, checkpoint, device, dtype, torch_threads,
+                                 expected_sha256=checkpoint_sha256)
         # The decoder never runs the backbone: drop its weights (most of the model) from this replica.
         loaded.model.image_encoder = None
         self.model = ImageModel(loaded)

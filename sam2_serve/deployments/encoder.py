@@ -24,9 +24,10 @@ class ImageEncoder:
 
     def __init__(self, model: str, checkpoint: str | None = None, device: str = "auto", dtype: str = "float32",
                  max_batch_size: int = 4, batch_wait_timeout_s: float = 0.02, torch_threads: int | None = None,
-                 cpu_max_batch_size: int = 1):
+                 cpu_max_batch_size: int = 1, checkpoint_sha256: str | None = None):
         self.torch = TorchThread()
-        self.model = ImageModel(self.torch.call(load_for_replica, model, checkpoint, device, dtype, torch_threads))
+        self.model = ImageModel(self.torch.call(load_for_replica, model, checkpoint, device, dtype, torch_threads,
+                                                expected_sha256=checkpoint_sha256))
         if self.model.loaded.device.type == "cpu":
             # On CPU a batch only adds memory traffic: per image, batches of 4 took 5.3-5.5 s against 4.5-4.7 s
             # one at a time (base-plus, 1800x1200, 2 cores). Batching is for GPUs.

@@ -82,12 +82,12 @@ class VideoTracker:
 
     def __init__(self, model: str, checkpoint: str | None = None, device: str = "auto", dtype: str = "float32",
                  torch_threads: int | None = None, hydra_overrides: Sequence[str] = (),
-                 session_ttl_s: float = 600.0, max_sessions: int = 8):
+                 session_ttl_s: float = 600.0, max_sessions: int = 8, checkpoint_sha256: str | None = None):
         from sam2_serve.models.video import VideoModel
 
         self.torch = TorchThread()
         loaded = self.torch.call(load_for_replica, model, checkpoint, device, dtype, torch_threads, video=True,
-                                 hydra_overrides=list(hydra_overrides))
+                                 hydra_overrides=list(hydra_overrides), expected_sha256=checkpoint_sha256)
         self.model = VideoModel(loaded)
         self.session_ttl_s = float(session_ttl_s)
         self.max_sessions = int(max_sessions)
