@@ -33,7 +33,7 @@ TOUCHES = (
     "mask_decoder_transformer", "replace_mask_decoder_transformer", "single_dense_pe", "iou_predictions",
     # SAM2VideoPredictor: inference_state and its per-frame outputs
     "new_inference_state", "state_frames", "video_size", "num_frames", "object_ids", "frame_features",
-    "set_frame_features", "consolidate_prompts", "track_object", "video_res_masks", "frame_output",
+    "set_frame_features", "consolidate_prompts", "track_object", "video_res_masks", "frame_output", "mask_logits",
     "FRAME_OUTPUT_KEYS", "object_score", "memory_window", "prune_outputs", "output_counts", "per_frame_tensors",
     # SAM2VideoPredictor: model attributes and hooks
     "fix_memory_dtype", "silence_missing_extension_warnings",
@@ -224,7 +224,7 @@ def track_object(model, state: dict, obj_idx: int, frame: int) -> tuple[dict, to
     od = state["output_dict_per_obj"][obj_idx]
     out = od["cond_frame_outputs"].get(frame)
     if out is not None:
-        return out, out["pred_masks"].to(state["device"], non_blocking=True)
+        return out, mask_logits(out).to(state["device"], non_blocking=True)
     out, masks = model._run_single_frame_inference(
         inference_state=state, output_dict=od, frame_idx=frame, batch_size=1, is_init_cond_frame=False,
         point_inputs=None, mask_inputs=None, reverse=False, run_mem_encoder=True)
@@ -246,6 +246,11 @@ def frame_output(state: dict, obj_idx: int, frame: int) -> Optional[dict]:
             if d is not None and frame in d[key]:
                 return d[key][frame]
     return None
+
+
+def mask_logits(out: dict) -> torch.Tensor:
+    """A frame output's low-res mask logits (1 x 1 x h x w, on the state's storage device)."""
+    return out["pred_masks"]
 
 
 def object_score(out: Optional[dict]) -> Optional[float]:

@@ -109,6 +109,7 @@ def test_track_object_is_propagate_in_videos_step(video_model, frames_dir):
             video = si.video_res_masks(P, state, low_res)
             torch.testing.assert_close(video, ref[f], msg=why("track_object", f"frame {f} differs from upstream's"))
             assert si.frame_output(state, 0, f) is out, why("frame_output", f"frame {f}'s output is not found")
+            assert torch.equal(si.mask_logits(out), low_res), why("mask_logits", f"frame {f}: not the output's logits")
             score = float(ref_state["output_dict_per_obj"][0][
                 "cond_frame_outputs" if f == 0 else "non_cond_frame_outputs"][f]["object_score_logits"])
             assert si.object_score(out) == pytest.approx(score, abs=1e-5), why("object_score", f"frame {f}")
