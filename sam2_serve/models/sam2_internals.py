@@ -7,8 +7,9 @@ function or class here, whose docstring says what it reads or writes of sam2 and
 rest of the project calls these and never reaches into sam2's private attributes itself.
 
 All of this is sam2 ``SAM2_PIN``'s behaviour (the version pyproject.toml pins). ``tests/unit/test_sam2_internals.py``
-checks, on real sam2 objects, that the installed sam2 is that version and that each touch in ``TOUCHES`` still
-holds (names, signatures, attributes, state keys, call patterns). Before moving the pin, review every touch.
+and ``test_sam2_internals_video.py`` check, on real sam2 objects, that the installed sam2 is that version and that
+each touch in ``TOUCHES`` still holds (names, signatures, attributes, state keys, call patterns). Before moving the
+pin, review every touch.
 
 Nothing here changes global state at import; ``silence_missing_extension_warnings`` does, when called.
 """
@@ -24,7 +25,7 @@ import torch
 
 SAM2_PIN = "1.1.0"
 
-# Each name below is one touch; the test module checks each of them and fails if one is added here unchecked.
+# Each name below is one touch. The tests check each; one added here that no test uses fails them.
 TOUCHES = (
     # SAM2ImagePredictor
     "image_predictor_view", "image_features", "set_image_features", "prep_prompts", "predict_tensors",
@@ -95,7 +96,9 @@ class _LowResTransforms:
     def __init__(self, transforms):
         self._transforms = transforms
 
-    def __getattr__(self, name):
+    def __getattr__(self, name):  # names not found on this object
+        if name == "_transforms":  # not yet set (copy, unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self._transforms, name)
 
     def postprocess_masks(self, masks, orig_hw):
@@ -188,6 +191,7 @@ def video_size(state: dict) -> tuple[int, int]:
 
 
 def num_frames(state: dict) -> int:
+    """Frames in the (clip) video; sam2 bounds tracking and its pointer window with it."""
     return state["num_frames"]
 
 
