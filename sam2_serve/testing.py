@@ -59,12 +59,12 @@ def write_checkpoint(path: Path, model: str = TINY, seed: int = 0, hydra_overrid
     from sam2.build_sam import build_sam2_video_predictor
 
     from sam2_serve.models.registry import get_spec
+    from sam2_serve.models.sam2_internals import OBJECT_SCORE_BIAS_KEY as key
 
     torch.manual_seed(seed)
     net = build_sam2_video_predictor(get_spec(model).config, ckpt_path=None, device="cpu",
                                      hydra_overrides_extra=list(hydra_overrides))
     state = net.state_dict()
-    key = "sam_mask_decoder.pred_obj_score_head.layers.2.bias"
     if key in state:
         state[key] = torch.full_like(state[key], 10.0)
     path = Path(path)
@@ -177,14 +177,14 @@ def upstream_run(predictor, frames_dir: Path, prompts: Iterable[dict], start: Op
 
 def propagate(predictor, state, start=None, reverse=False) -> dict:
     """Upstream ``propagate_in_video`` -> {frame: {obj_id: (mask, low_res_logits, object score)}}."""
+    from sam2_serve.models import sam2_internals as si
+
     out = {}
     for frame, obj_ids, logits in predictor.propagate_in_video(state, start_frame_idx=start, reverse=reverse):
         per = {}
         for i, obj_id in enumerate(obj_ids):
-            od = state["output_dict_per_obj"][i]
-            o = od["cond_frame_outputs"].get(frame) or od["non_cond_frame_outputs"].get(frame)
-            per[obj_id] = ((logits[i, 0] > 0).numpy(), o["pred_masks"][0, 0].float().numpy(),
-                           float(o["object_score_logits"].reshape(-1)[0]))
+            o = si.frame_output(state, i, frame)
+            per[obj_id] = ((logits[i, 0] > 0).numpy(), si.mask_logits(o)[0, 0].float().numpy(), si.object_score(o))
         out[frame] = per
     return out
 

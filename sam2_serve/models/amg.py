@@ -3,8 +3,8 @@
 Upstream runs everything in one process, and ``SAM2ImagePredictor._predict`` upsamples *every* candidate mask to
 full image resolution (float32, H x W each) before any is filtered: on a 1800x1200 image that is 1.7 GB of logits
 per 64-point batch with ``multimask_output``, and most of the time of the whole call. Here the same upstream pieces
-(``sam2.utils.amg`` helpers, ``SAM2ImagePredictor._predict``, ``SAM2Transforms.postprocess_masks``) run in an
-order that gives the same result for less work:
+(``sam2.utils.amg`` helpers, ``SAM2ImagePredictor._predict``, ``SAM2Transforms.postprocess_masks``; the private
+ones reached through ``sam2_serve.models.sam2_internals``) run in an order that gives the same result for less work:
 
 1. ``plan_crops`` (ingress): crop boxes and point grids, exactly ``generate_crop_boxes`` /
    ``build_all_layer_point_grids``; each crop's points split into upstream's batches of ``points_per_batch``.
@@ -30,6 +30,7 @@ crop boxes are (x0, y0, x1, y1) with exclusive ends (``generate_crop_boxes``).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
@@ -83,36 +84,16 @@ def plan_crops(orig_hw: tuple[int, int], params: AmgParams) -> list[CropPlan]:
     return plans
 
 
-class _LowResTransforms:
-    """Upstream's transforms, except that ``postprocess_masks`` leaves logits at the decoder's 256 x 256.
+@functools.lru_cache(maxsize=16)
+def _transforms_for(image_size: int, min_mask_region_area: int):
+    """``SAM2Transforms`` as ``SAM2AutomaticMaskGenerator`` configures its predictor (hole/sprinkle areas).
 
-    ``SAM2ImagePredictor._predict`` is run unchanged with this in place, so prompts are encoded and decoded by
-    upstream code; the (costly) upsampling is then done by the real ``postprocess_masks`` for survivors only.
-    """
-
-    def __init__(self, transforms):
-        self._transforms = transforms
-
-    def transform_coords(self, *args, **kwargs):
-        return self._transforms.transform_coords(*args, **kwargs)
-
-    def postprocess_masks(self, masks, orig_hw):
-        return masks.float()
-
-
-_TRANSFORMS: dict = {}
-
-
-def _transforms_for(model: "ImageModel", params: AmgParams):
-    """``SAM2Transforms`` as ``SAM2AutomaticMaskGenerator`` configures its predictor (hole/sprinkle areas)."""
+    Cached and shared between threads: building one scripts a torch module (slow), and ``transform_coords`` /
+    ``postprocess_masks`` keep no state between calls. Bounded, since the area is a request option."""
     from sam2.utils.transforms import SAM2Transforms
 
-    key = (model.image_size, params.min_mask_region_area)
-    if key not in _TRANSFORMS:
-        _TRANSFORMS[key] = SAM2Transforms(resolution=model.image_size, mask_threshold=0.0,
-                                          max_hole_area=params.min_mask_region_area,
-                                          max_sprinkle_area=params.min_mask_region_area)
-    return _TRANSFORMS[key]
+    return SAM2Transforms(resolution=image_size, mask_threshold=0.0, max_hole_area=min_mask_region_area,
+                          max_sprinkle_area=min_mask_region_area)
 
 
 def encode_rles(masks) -> list[dict]:
@@ -177,11 +158,12 @@ def _decode_batch(model, emb, points, crop_box, orig_hw, params: AmgParams, upsa
     from sam2.utils.amg import (batch_iterator, batched_mask_to_box, calculate_stability_score,
                                 is_box_near_crop_edge, uncrop_masks)
 
-    from sam2_serve.models import mask_decoder
+    from sam2_serve.models import mask_decoder, sam2_internals
 
-    transforms = _transforms_for(model, params)
+    transforms = _transforms_for(model.image_size, params.min_mask_region_area)
     view = model.predictor_for(emb)
-    view._transforms = _LowResTransforms(transforms)
+    # The decoder's masks stay 256 x 256 logits; survivors of the filters are upsampled below (transforms).
+    sam2_internals.use_low_res_masks(view, transforms)
     device = model.loaded.device
     im_size = tuple(emb.orig_hw)
     orig_h, orig_w = orig_hw
@@ -196,8 +178,8 @@ def _decode_batch(model, emb, points, crop_box, orig_hw, params: AmgParams, upsa
     # upscaling (sam2_serve.models.mask_decoder). The margin covers rounding between the stopped pass and a full one.
     skip_hopeless = params.pred_iou_thresh > 0.0 and not params.use_m2m and mask_decoder.can_stop(model.loaded.model)
     min_iou = params.pred_iou_thresh - _IOU_MARGIN[model.loaded.dtype]
-    decode = lambda r: view._predict(in_points[r, None, :], in_labels[r, None],  # noqa: E731
-                                     multimask_output=params.multimask_output, return_logits=True)
+    decode = lambda r: sam2_internals.predict_tensors(  # noqa: E731
+        view, in_points[r, None, :], in_labels[r, None], multimask_output=params.multimask_output, return_logits=True)
     parts, decoded, stopped = [], [], 0
     for i in range(0, in_points.shape[0], decoder_points):
         rows = torch.arange(i, min(i + decoder_points, in_points.shape[0]), device=device)
@@ -225,9 +207,9 @@ def _decode_batch(model, emb, points, crop_box, orig_hw, params: AmgParams, upsa
         new_logits, new_ious = [], []
         for cur_points, cur_labels, cur_masks in batch_iterator(params.points_per_batch, m2m_points, m2m_labels,
                                                                 low_res):
-            refined, ious, _ = view._predict(cur_points[:, None, :], cur_labels[:, None],
-                                             mask_input=cur_masks[:, None, :], multimask_output=False,
-                                             return_logits=True)
+            refined, ious, _ = sam2_internals.predict_tensors(view, cur_points[:, None, :], cur_labels[:, None],
+                                                              mask_input=cur_masks[:, None, :],
+                                                              multimask_output=False, return_logits=True)
             new_logits.append(refined)
             new_ious.append(ious)
             yield

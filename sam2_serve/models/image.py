@@ -3,12 +3,12 @@
 ``SAM2ImagePredictor`` keeps the image it was last given (``set_image``); a server must not, since concurrent
 requests are for different images. ``ImageModel`` therefore never calls ``set_image`` on a shared predictor: each
 call works on a shallow copy whose features are set from the ``ImageEmbedding`` passed in, and runs upstream's own
-``set_image_batch``/``predict``, so transforms, prompt encoding and post-processing are exactly upstream's.
+``set_image_batch``/``predict`` steps, so transforms, prompt encoding and post-processing are exactly upstream's.
+How a view is made and fed is sam2-private: ``sam2_serve.models.sam2_internals``.
 """
 
 from __future__ import annotations
 
-import copy
 import warnings
 from typing import Optional, Sequence
 
@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from sam2_serve.common.types import BitMask, ImageEmbedding, MaskPrediction, ObjectPrompt
+from sam2_serve.models import sam2_internals
 from sam2_serve.models.loader import LoadedModel
 
 
@@ -32,12 +33,6 @@ class ImageModel:
     def image_size(self) -> int:
         return int(self.loaded.model.image_size)
 
-    def _view(self):
-        # A shallow copy shares the model weights but owns its own feature slots.
-        view = copy.copy(self._predictor)
-        view.reset_predictor()
-        return view
-
     @torch.inference_mode()
     def encode(self, images: Sequence[np.ndarray], image_ids: Sequence[str]) -> list[ImageEmbedding]:
         """Encode a batch of RGB uint8 images (each H x W x 3, any size) in one forward pass.
@@ -45,12 +40,12 @@ class ImageModel:
         Returns one ``ImageEmbedding`` per image, features as float32 numpy arrays on the CPU (so they travel
         through Ray's object store zero-copy).
         """
-        view = self._view()
+        view = sam2_internals.image_predictor_view(self._predictor)
         with self.loaded.autocast():
             view.set_image_batch([np.asarray(im) for im in images])
-        feats = view._features
+        feats, orig_hw = sam2_internals.image_features(view)
         out = []
-        for i, (image_id, hw) in enumerate(zip(image_ids, view._orig_hw)):
+        for i, (image_id, hw) in enumerate(zip(image_ids, orig_hw)):
             out.append(ImageEmbedding(
                 image_id=image_id,
                 orig_hw=(int(hw[0]), int(hw[1])),
@@ -59,7 +54,7 @@ class ImageModel:
             ))
         return out
 
-    def _features(self, emb: ImageEmbedding) -> dict:
+    def _feature_tensors(self, emb: ImageEmbedding) -> dict:
         device = self.loaded.device
         with warnings.catch_warnings():
             # Arrays read zero-copy from Ray's object store are read-only; torch only reads them.
@@ -71,10 +66,8 @@ class ImageModel:
 
     def predictor_for(self, emb: ImageEmbedding):
         """A private ``SAM2ImagePredictor`` view with ``emb`` set as its image (no encoder pass)."""
-        view = self._view()
-        view._features = self._features(emb)
-        view._orig_hw = [emb.orig_hw]
-        view._is_image_set = True
+        view = sam2_internals.image_predictor_view(self._predictor)
+        sam2_internals.set_image_features(view, self._feature_tensors(emb), [emb.orig_hw])
         return view
 
     @torch.inference_mode()
@@ -97,9 +90,10 @@ class ImageModel:
             for prompt in prompts:
                 # Upstream's ``predict`` minus its last step, which turns the full-size boolean masks into float32
                 # arrays (that callers threshold again): here they stay boolean, ~4 ms less a click at 1800x1200.
-                mask_in, coords, labels, box = view._prep_prompts(
-                    prompt.point_coords, prompt.point_labels, prompt.box, mask_input, normalize_coords=True)
-                masks, scores, logits = view._predict(coords, labels, box, mask_in, multimask_output)
+                mask_in, coords, labels, box = sam2_internals.prep_prompts(
+                    view, prompt.point_coords, prompt.point_labels, prompt.box, mask_input)
+                masks, scores, logits = sam2_internals.predict_tensors(view, coords, labels, box, mask_in,
+                                                                      multimask_output)
                 out.append(MaskPrediction(
                     masks=tuple(BitMask.pack(m) for m in masks.squeeze(0).cpu().numpy()),
                     scores=scores.squeeze(0).float().cpu().numpy(),

@@ -18,6 +18,9 @@ original with the same values. It adds two things around it:
    ``transformer_pass`` runs a sam2 decode up to the end of the transformer and returns its outputs with the four
    IoU predictions per prompt (sam2's own ``iou_prediction_head``), and ``resume`` runs the same sam2 decode again
    for the prompts worth finishing, its transformer answered from those outputs instead of run again.
+
+What this relies on of sam2's ``MaskDecoder`` (where the transformer sits, how ``predict_masks`` calls it, which
+output token the IoU head reads) is in ``sam2_serve.models.sam2_internals``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+
+from sam2_serve.models import sam2_internals
 
 
 class _Stop(Exception):
@@ -72,9 +77,9 @@ class DecoderTransformer(torch.nn.Module):
             return saved.tokens[keep], saved.image[keep]
         if image_embedding.device.type == "cpu":
             b = image_embedding.shape[0]
-            # predict_masks builds image_pe by repeating get_dense_pe()'s single encoding over the batch (it asserts
-            # that batch size 1): read one copy and broadcast it, instead of materialising B of them.
-            image_pe = self._channels_last_pe(image_pe[:1]).expand(b, -1, -1, -1)
+            # image_pe is one encoding repeated over the batch: read one copy and broadcast it, instead of
+            # materialising B of them.
+            image_pe = self._channels_last_pe(sam2_internals.single_dense_pe(image_pe)).expand(b, -1, -1, -1)
             image_embedding = image_embedding.contiguous(memory_format=torch.channels_last)
         tokens, image = self.transformer(image_embedding, image_pe, point_embedding)
         if mode == "stop":
@@ -94,16 +99,16 @@ class DecoderTransformer(torch.nn.Module):
 
 
 def wrap_mask_decoder(model: torch.nn.Module) -> torch.nn.Module:
-    """Wrap ``model.sam_mask_decoder.transformer`` (once) in ``DecoderTransformer``; after weights are loaded."""
-    decoder = model.sam_mask_decoder
-    if not isinstance(decoder.transformer, DecoderTransformer):
-        decoder.transformer = DecoderTransformer(decoder.transformer)
+    """Wrap the mask decoder's transformer (once) in ``DecoderTransformer``; after weights are loaded."""
+    transformer = sam2_internals.mask_decoder_transformer(model)
+    if not isinstance(transformer, DecoderTransformer):
+        sam2_internals.replace_mask_decoder_transformer(model, DecoderTransformer(transformer))
     return model
 
 
 def can_stop(model: torch.nn.Module) -> bool:
     """Whether ``model``'s mask decoder is wrapped, so that ``transformer_pass`` and ``resume`` work on it."""
-    return isinstance(model.sam_mask_decoder.transformer, DecoderTransformer)
+    return isinstance(sam2_internals.mask_decoder_transformer(model), DecoderTransformer)
 
 
 @contextlib.contextmanager
@@ -121,7 +126,7 @@ def _tapped(model: torch.nn.Module, mode: str, saved: Any = None, keep: Any = No
 
 
 def transformer_pass(model: torch.nn.Module, decode: Callable[[], Any]) -> TransformerOutputs:
-    """Run ``decode`` (a sam2 call that reaches ``model.sam_mask_decoder`` once, e.g. ``SAM2ImagePredictor._predict``)
+    """Run ``decode`` (a sam2 call that reaches the mask decoder once, e.g. ``sam2_internals.predict_tensors``)
     up to the end of the transformer; its outputs and the predicted IoUs that sam2's IoU head gives them."""
     with _tapped(model, "stop"):
         try:
@@ -130,10 +135,7 @@ def transformer_pass(model: torch.nn.Module, decode: Callable[[], Any]) -> Trans
             tokens, image, prompts = _tap.stopped
         else:
             raise RuntimeError("decode() never reached the mask decoder's transformer")
-    decoder = model.sam_mask_decoder
-    # As MaskDecoder.predict_masks reads them: the IoU token follows the object-score token when there is one.
-    iou_token = 1 if decoder.pred_obj_scores else 0
-    return TransformerOutputs(tokens, image, prompts, decoder.iou_prediction_head(tokens[:, iou_token, :]))
+    return TransformerOutputs(tokens, image, prompts, sam2_internals.iou_predictions(model, tokens))
 
 
 def resume(model: torch.nn.Module, outputs: TransformerOutputs, keep: torch.Tensor, decode: Callable[[], Any]) -> Any:

@@ -5,11 +5,12 @@ and keeps every frame's outputs. Here the predictor's own methods run on an ``in
 ``images`` entry is a lazy sequence (``LazyFrames``): a frame is decoded with PyAV and preprocessed only when
 sam2 asks for it, which it does once per frame (its one-frame feature cache serves every object on that frame).
 
-``TrackStream`` (``generate``) tracks frame by frame with upstream's per-frame step
-(``_run_single_frame_inference``, exactly what ``propagate_in_video`` runs) and prunes what sam2 can no longer
-read: non-conditioning outputs keep their memory only while they are among the ``num_maskmem - 1`` frames the
-next frame attends to, and only their object pointer while within ``max_obj_ptrs_in_encoder``; older ones are
-dropped. Conditioning (prompted) frames are kept. State per object is therefore flat in video length.
+``TrackStream`` (``VideoModel.track``, what the tracker's ``generate`` streams) tracks frame by frame with
+upstream's per-frame step (``_run_single_frame_inference``, exactly what ``propagate_in_video`` runs) and prunes
+what sam2 can no longer read: non-conditioning outputs keep their memory only while they are among the
+``num_maskmem - 1`` frames the next frame attends to, and only their object pointer while within
+``max_obj_ptrs_in_encoder``; older ones are dropped. Conditioning (prompted) frames are kept. State per object is
+therefore flat in video length.
 
 ``VideoSession`` (interactive, the web demo's flow) keeps upstream's full per-frame outputs, since corrections
 and re-propagation read them (only the decoded video is not kept), and calls upstream's
@@ -17,12 +18,14 @@ and re-propagation read them (only the decoded video is not kept), and calls ups
 
 Frame preprocessing is upstream's video loader's (``sam2.utils.misc._load_img_as_tensor`` + normalization):
 PIL resize of the whole frame to the square model input (no aspect-ratio padding), /255, mean/std.
+
+The ``inference_state`` layout, the private per-frame step and the pruning window are sam2's internals: every read
+or write of them is a function of ``sam2_serve.models.sam2_internals``.
 """
 
 from __future__ import annotations
 
-import warnings
-from collections import Counter, OrderedDict
+from collections import Counter
 from contextlib import ExitStack
 from typing import Iterator, Optional, Sequence
 
@@ -33,12 +36,12 @@ from PIL import Image
 from sam2_serve.common.masks import mask_box
 from sam2_serve.common.videos import FrameReader
 from sam2_serve.common.types import TrackedFrame, TrackedObject, VideoObjectPrompt
+from sam2_serve.models import sam2_internals
 from sam2_serve.models.loader import LoadedModel
+from sam2_serve.models.sam2_internals import fix_memory_dtype
 
-# sam2's optional CUDA hole-filling kernel is absent on CPU builds; it warns on every frame, and the masks are
-# unaffected (upstream says so in the warning). Filters are process-wide: set once, not per (threaded) step.
-warnings.filterwarnings("ignore", message=".*Skipping the post-processing step.*")
-warnings.filterwarnings("ignore", message=".*cannot import name '_C' from 'sam2'.*")
+__all__ = ["IMG_MEAN", "IMG_STD", "preprocess_frame", "fix_memory_dtype", "LazyFrames", "VideoModel", "TrackStream",
+           "VideoSession"]
 
 IMG_MEAN = (0.485, 0.456, 0.406)
 IMG_STD = (0.229, 0.224, 0.225)
@@ -51,30 +54,6 @@ def preprocess_frame(rgb: np.ndarray, image_size: int) -> torch.Tensor:
     img -= torch.tensor(IMG_MEAN, dtype=torch.float32)[:, None, None]
     img /= torch.tensor(IMG_STD, dtype=torch.float32)[:, None, None]
     return img
-
-
-def fix_memory_dtype(model: torch.nn.Module) -> None:
-    """Cast memory attention's ``memory``/``memory_pos`` to the current features' dtype (idempotent).
-
-    sam2 stores memories as bfloat16; on CUDA autocast reconciles dtypes, on CPU a frame whose memory holds no
-    float32 object pointers fails with "mat1 and mat2 must have the same dtype". When pointers are present,
-    ``torch.cat`` already promotes the memory to float32, so this cast changes nothing else.
-    """
-    attn = model.memory_attention
-    if getattr(attn, "_sam2_serve_dtype_fix", False):
-        return
-
-    def _cast(_module, args, kwargs):
-        curr = kwargs.get("curr", args[0] if args else None)
-        ref = curr[0] if isinstance(curr, (list, tuple)) else curr
-        for key in ("memory", "memory_pos"):
-            value = kwargs.get(key)
-            if isinstance(value, torch.Tensor) and ref is not None and value.dtype != ref.dtype:
-                kwargs[key] = value.to(ref.dtype)
-        return args, kwargs
-
-    attn.register_forward_pre_hook(_cast, with_kwargs=True)
-    attn._sam2_serve_dtype_fix = True
 
 
 class LazyFrames:
@@ -112,6 +91,7 @@ class VideoModel:
         self.loaded = loaded
         self.predictor = loaded.model
         fix_memory_dtype(self.predictor)
+        sam2_internals.silence_missing_extension_warnings()
 
     @property
     def image_size(self) -> int:
@@ -131,27 +111,7 @@ class VideoModel:
         Clip frame ``i`` is video frame ``offset + i``; ``num_frames`` is the clip length (sam2 reads it).
         """
         images = LazyFrames(reader, self.image_size, self.loaded.device, offset, length)
-        device = self.loaded.device
-        return {
-            "images": images,
-            "num_frames": len(images),
-            "offload_video_to_cpu": True,
-            "offload_state_to_cpu": False,
-            "video_height": reader.info.height,
-            "video_width": reader.info.width,
-            "device": device,
-            "storage_device": device,
-            "point_inputs_per_obj": {},
-            "mask_inputs_per_obj": {},
-            "cached_features": {},
-            "constants": {},
-            "obj_id_to_idx": OrderedDict(),
-            "obj_idx_to_id": OrderedDict(),
-            "obj_ids": [],
-            "output_dict_per_obj": {},
-            "temp_output_dict_per_obj": {},
-            "frames_tracked_per_obj": {},
-        }
+        return sam2_internals.new_inference_state(images, (reader.info.height, reader.info.width), self.loaded.device)
 
     def add_prompt(self, state: dict, frame: int, p: VideoObjectPrompt):
         """Upstream ``add_new_mask`` / ``add_new_points_or_box`` for one object on clip frame ``frame``.
@@ -173,8 +133,8 @@ class VideoModel:
             objects.append(TrackedObject(
                 track_id=str(obj_id), mask=masks[i], score=scores[i], box=mask_box(masks[i]),
                 logits=None if low_res is None or low_res[i] is None else low_res[i]))
-        return TrackedFrame(index=index, time_s=time_s, width=state["video_width"], height=state["video_height"],
-                            objects=objects)
+        height, width = sam2_internals.video_size(state)
+        return TrackedFrame(index=index, time_s=time_s, width=width, height=height, objects=objects)
 
     def track(self, reader: FrameReader, prompts: Sequence[VideoObjectPrompt], start: int = 0,
               max_frames: Optional[int] = None, with_logits: bool = False) -> "TrackStream":
@@ -183,12 +143,6 @@ class VideoModel:
 
     def open_session(self, reader: FrameReader) -> "VideoSession":
         return VideoSession(self, reader)
-
-
-def _score(out: Optional[dict]) -> Optional[float]:
-    if out is None or out.get("object_score_logits") is None:
-        return None
-    return float(out["object_score_logits"].float().reshape(-1)[0])
 
 
 def _tensor_bytes(obj) -> int:
@@ -230,8 +184,6 @@ class TrackStream:
             self.entering.setdefault(obj_prompts[0].frame - start, []).append(obj_prompts)
         self.features: dict[int, tuple] = {}  # clip frame -> sam2's cached (image, backbone_out)
         self.next = 0
-        p = model.predictor
-        self.max_ptrs = min(self.length, p.max_obj_ptrs_in_encoder)
 
     def __iter__(self) -> Iterator[TrackedFrame]:
         return self
@@ -251,65 +203,43 @@ class TrackStream:
 
     def _upstream(self, fn, *args, **kwargs):
         """Run an upstream method with every frame feature this stream holds visible in sam2's cache."""
-        self.state["cached_features"] = dict(self.features)
+        sam2_internals.set_frame_features(self.state, dict(self.features))
         try:
             return fn(*args, **kwargs)
         finally:
-            self.features.update(self.state["cached_features"])
+            self.features.update(sam2_internals.frame_features(self.state))
 
     def _enter(self, r: int, objects: list[list[VideoObjectPrompt]]) -> None:
-        p = self.model.predictor
         for obj_prompts in objects:
             # Later prompted frames first, this frame last: its features are then the freshest in sam2's cache.
             for q in sorted(obj_prompts, key=lambda q: -q.frame):
                 self._upstream(self.model.add_prompt, self.state, q.frame - self.start, q)
         # Runs the memory encoder on the new prompts, exactly as propagate_in_video does before it starts.
-        self._upstream(p.propagate_in_video_preflight, self.state)
+        self._upstream(sam2_internals.consolidate_prompts, self.model.predictor, self.state)
 
     def _track(self, r: int) -> TrackedFrame:
         p, state = self.model.predictor, self.state
         time_s = self.reader.info.times_s[self.start + r]
-        if not state["obj_ids"]:
-            return TrackedFrame(index=self.start + r, time_s=time_s, width=state["video_width"],
-                                height=state["video_height"], objects=[])
+        obj_ids = sam2_internals.object_ids(state)
+        if not obj_ids:
+            height, width = sam2_internals.video_size(state)
+            return TrackedFrame(index=self.start + r, time_s=time_s, width=width, height=height, objects=[])
         pred_masks, scores, low_res = [], [], []
-        for obj_idx in range(len(state["obj_ids"])):
-            od = state["output_dict_per_obj"][obj_idx]
-            out = od["cond_frame_outputs"].get(r)
-            if out is not None:
-                masks = out["pred_masks"].to(state["device"], non_blocking=True)
-            else:
-                out, masks = self._upstream(
-                    p._run_single_frame_inference, inference_state=state, output_dict=od, frame_idx=r,
-                    batch_size=1, is_init_cond_frame=False, point_inputs=None, mask_inputs=None, reverse=False,
-                    run_mem_encoder=True)
-                od["non_cond_frame_outputs"][r] = out
+        for obj_idx in range(len(obj_ids)):
+            out, masks = self._upstream(sam2_internals.track_object, p, state, obj_idx, r)
             pred_masks.append(masks)
-            scores.append(_score(out))
+            scores.append(sam2_internals.object_score(out))
             low_res.append(masks[0, 0].float().cpu().numpy() if self.with_logits else None)
-        _, video_res = p._get_orig_video_res_output(state, torch.cat(pred_masks, dim=0))
-        return self.model.frame_result(state, self.start + r, time_s, state["obj_ids"], video_res, scores,
+        video_res = sam2_internals.video_res_masks(p, state, torch.cat(pred_masks, dim=0))
+        return self.model.frame_result(state, self.start + r, time_s, obj_ids, video_res, scores,
                                        low_res if self.with_logits else None)
 
     def _prune(self, r: int) -> None:
         """Drop what no later frame reads (see the module docstring); called after frame ``r``."""
-        p = self.model.predictor
-        nxt, stride = r + 1, max(1, p.memory_temporal_stride_for_eval)
-        # Memory frames of frame nxt: nxt - 1 and every stride-th frame from ((nxt - 2) // stride) * stride back
-        # (sam2_base._prepare_memory_conditioned_features); later frames read only later ones.
-        mem_lo = min(nxt - 1, ((nxt - 2) // stride) * stride - max(0, p.num_maskmem - 3) * stride)
-        ptr_lo = nxt - (self.max_ptrs - 1)
-        for od in self.state["output_dict_per_obj"].values():
-            nc = od["non_cond_frame_outputs"]
-            for k in [k for k in nc if k < mem_lo]:
-                if k < ptr_lo:
-                    del nc[k]
-                elif nc[k].get("maskmem_features") is not None:
-                    nc[k] = {"obj_ptr": nc[k]["obj_ptr"], "object_score_logits": nc[k]["object_score_logits"],
-                             "maskmem_features": None, "maskmem_pos_enc": None, "pred_masks": None}
+        sam2_internals.prune_outputs(self.model.predictor, self.state, r + 1)
         for k in [k for k in self.features if k <= r]:
             del self.features[k]
-        self.state["cached_features"] = {}
+        sam2_internals.set_frame_features(self.state, {})
 
     def stats(self) -> dict:
         """Bookkeeping of what this stream holds (for tests and monitoring).
@@ -319,21 +249,12 @@ class TrackStream:
         ``features_cached``: frames whose backbone features are held; ``frames_encoded``/``max_encodes_per_frame``.
         """
         state = self.state
-        objects = {}
-        for obj_idx, od in state["output_dict_per_obj"].items():
-            nc = od["non_cond_frame_outputs"]
-            objects[str(state["obj_idx_to_id"][obj_idx])] = {
-                "cond": len(od["cond_frame_outputs"]),
-                "non_cond_memories": sum(1 for o in nc.values() if o.get("maskmem_features") is not None),
-                "non_cond_pointers_only": sum(1 for o in nc.values() if o.get("maskmem_features") is None),
-            }
-        encoded = state["images"].encoded
+        encoded = sam2_internals.state_frames(state).encoded
         return {
             "frames_done": self.next,
-            "objects": objects,
-            "state_bytes": _tensor_bytes([state["output_dict_per_obj"], state["temp_output_dict_per_obj"],
-                                          state["point_inputs_per_obj"], state["mask_inputs_per_obj"]]),
-            "features_cached": len(self.features) + len(state["cached_features"]),
+            "objects": sam2_internals.output_counts(state),
+            "state_bytes": _tensor_bytes(sam2_internals.per_frame_tensors(state)),
+            "features_cached": len(self.features) + len(sam2_internals.frame_features(state)),
             "frames_encoded": sum(encoded.values()),
             "max_encodes_per_frame": max(encoded.values(), default=0),
             "frames_decoded": self.reader.frames_decoded,
@@ -341,7 +262,7 @@ class TrackStream:
 
     def close(self) -> None:
         self.features.clear()
-        self.state["cached_features"] = {}
+        sam2_internals.set_frame_features(self.state, {})
         self.reader.close()
 
 
@@ -359,22 +280,15 @@ class VideoSession:
 
     @property
     def num_frames(self) -> int:
-        return self.state["num_frames"]
+        return sam2_internals.num_frames(self.state)
 
     @property
     def track_ids(self) -> list[str]:
-        return [str(o) for o in self.state["obj_ids"]]
-
-    def _outputs_on(self, obj_idx: int, frame: int) -> Optional[dict]:
-        state = self.state
-        for d in (state["temp_output_dict_per_obj"][obj_idx], state["output_dict_per_obj"][obj_idx]):
-            for key in ("cond_frame_outputs", "non_cond_frame_outputs"):
-                if frame in d[key]:
-                    return d[key][frame]
-        return None
+        return [str(o) for o in sam2_internals.object_ids(self.state)]
 
     def _result(self, frame: int, obj_ids, logits) -> TrackedFrame:
-        scores = [_score(self._outputs_on(i, frame)) for i in range(len(obj_ids))]
+        scores = [sam2_internals.object_score(sam2_internals.frame_output(self.state, i, frame))
+                  for i in range(len(obj_ids))]
         return self.model.frame_result(self.state, frame, self.reader.info.times_s[frame], obj_ids, logits, scores)
 
     def add_prompt(self, p: VideoObjectPrompt) -> TrackedFrame:
@@ -407,11 +321,10 @@ class VideoSession:
             gen.close()
 
     def stats(self) -> dict:
-        state = self.state
         return {"num_frames": self.num_frames, "objects": self.track_ids,
-                "state_bytes": _tensor_bytes([state["output_dict_per_obj"], state["temp_output_dict_per_obj"]]),
+                "state_bytes": _tensor_bytes(sam2_internals.per_frame_tensors(self.state, inputs=False)),
                 "frames_decoded": self.reader.frames_decoded}
 
     def close(self) -> None:
-        self.state["cached_features"] = {}
+        sam2_internals.set_frame_features(self.state, {})
         self.reader.close()

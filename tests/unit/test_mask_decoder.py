@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sam2_serve.models import mask_decoder
+from sam2_serve.models import mask_decoder, sam2_internals
 from sam2_serve.models.loader import load_model
 
 
@@ -38,7 +38,8 @@ def _decode(model, image, high_res, points, labels, multimask_output=True):
 def test_loader_wraps_unless_asked_for_sam2_exact(plain_and_ours):
     plain, ours = plain_and_ours
     assert not mask_decoder.can_stop(plain) and mask_decoder.can_stop(ours)
-    assert ours.sam_mask_decoder.transformer.transformer.__class__ is plain.sam_mask_decoder.transformer.__class__
+    wrapped, original = sam2_internals.mask_decoder_transformer(ours), sam2_internals.mask_decoder_transformer(plain)
+    assert wrapped.transformer.__class__ is original.__class__
     assert set(ours.state_dict()) == {k.replace("transformer.", "transformer.transformer.", 1)
                                       if k.startswith("sam_mask_decoder.transformer.") else k
                                       for k in plain.state_dict()}  # the same weights, one level deeper
@@ -89,7 +90,7 @@ def test_each_positional_encoding_is_used_as_given(plain_and_ours):
     for _ in range(2):
         pe = torch.randn(1, 256, 64, 64, generator=g).repeat(2, 1, 1, 1)
         with torch.inference_mode():
-            ref_tokens, ref_image = plain.sam_mask_decoder.transformer(image, pe, tokens)
-            got_tokens, got_image = ours.sam_mask_decoder.transformer(image, pe, tokens)
+            ref_tokens, ref_image = sam2_internals.mask_decoder_transformer(plain)(image, pe, tokens)
+            got_tokens, got_image = sam2_internals.mask_decoder_transformer(ours)(image, pe, tokens)
         np.testing.assert_allclose(got_tokens.numpy(), ref_tokens.numpy(), atol=1e-4)
         np.testing.assert_allclose(got_image.numpy(), ref_image.numpy(), atol=1e-4)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sam2_serve.common.videos import FrameReader
-
 from sam2_serve.common.types import VideoObjectPrompt
+from sam2_serve.common.videos import FrameReader
 from sam2_serve.testing import (assert_same_mask, decode_frames, load_video_reference, propagate,
                                    upstream_run, write_frames_dir)
 
@@ -49,29 +48,6 @@ def short_dir(frames, tmp_path_factory):
 
 def _pt(x, y):
     return np.array([[x, y]], np.float32), np.array([1], np.int32)
-
-
-def test_state_has_upstream_keys(model, loaded, frames_dir):
-    """Our lazily built inference_state carries every key upstream's init_state creates."""
-    import torch
-
-    with torch.inference_mode():
-        ref = loaded.model.init_state(str(frames_dir), offload_video_to_cpu=True)
-    ours = model.new_state(_reader_stub(ref))
-    assert set(ours) == set(ref)
-
-
-def _reader_stub(ref):
-    class Info:
-        height, width, num_frames = ref["video_height"], ref["video_width"], ref["num_frames"]
-
-    class Stub:
-        info = Info()
-
-        def __len__(self):
-            return Info.num_frames
-
-    return Stub()
 
 
 def test_one_click_equals_upstream_and_memory_stays_flat(model, loaded, video_bytes, frames_dir):

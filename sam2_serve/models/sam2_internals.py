@@ -1,0 +1,368 @@
+"""Every place this project relies on sam2's private internals, in one module.
+
+The model layer runs sam2's own code (network, prompt encoding, tracking); to serve it without sam2's per-image and
+per-video state it needs a few things sam2 does not offer publicly: private attributes and methods, the layout of
+``inference_state`` and its per-frame outputs, and how sam2 calls its own submodules. Each such touch is one small
+function or class here, whose docstring says what it reads or writes of sam2 and why this project needs it. The
+rest of the project calls these and never reaches into sam2's private attributes itself.
+
+All of this is sam2 ``SAM2_PIN``'s behaviour (the version pyproject.toml pins). ``tests/unit/test_sam2_internals.py``
+and ``test_sam2_internals_video.py`` check, on real sam2 objects, that the installed sam2 is that version and that
+each touch in ``TOUCHES`` still holds (names, signatures, attributes, state keys, call patterns). Before moving the
+pin, review every touch.
+
+Nothing here changes global state at import; ``silence_missing_extension_warnings`` does, when called.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections import OrderedDict
+from typing import Optional, Sequence
+
+import torch
+
+SAM2_PIN = "1.1.0"
+
+# Each name below is one touch. The tests check each; one added here that no test uses fails them.
+TOUCHES = (
+    # SAM2ImagePredictor
+    "image_predictor_view", "image_features", "set_image_features", "prep_prompts", "predict_tensors",
+    "use_low_res_masks",
+    # MaskDecoder
+    "mask_decoder_transformer", "replace_mask_decoder_transformer", "single_dense_pe", "iou_predictions",
+    # SAM2VideoPredictor: inference_state and its per-frame outputs
+    "new_inference_state", "state_frames", "video_size", "num_frames", "object_ids", "frame_features",
+    "set_frame_features", "consolidate_prompts", "track_object", "video_res_masks", "frame_output", "mask_logits",
+    "FRAME_OUTPUT_KEYS", "object_score", "memory_window", "prune_outputs", "output_counts", "per_frame_tensors",
+    # SAM2VideoPredictor: model attributes and hooks
+    "fix_memory_dtype", "silence_missing_extension_warnings",
+    # checkpoints
+    "OBJECT_SCORE_BIAS_KEY",
+)
+
+
+# ---- SAM2ImagePredictor ---------------------------------------------------------------------------------------------
+# The predictor keeps the image it was last given in ``_features`` / ``_orig_hw`` / ``_is_image_set``. A server
+# decodes many images at once from features it is handed, so it works on shallow copies ("views") whose slots it sets
+# itself, and calls the two private steps of ``predict`` (``_prep_prompts``, ``_predict``) to keep tensors on the
+# device (``predict`` returns numpy float32 copies of full-size masks).
+
+def image_predictor_view(predictor):
+    """A shallow copy of a ``SAM2ImagePredictor`` with no image set: it shares the model and ``_transforms``, and
+    owns its feature slots. Relies on the predictor's per-image state being plain attributes that
+    ``reset_predictor`` (public) rebinds (``_features``, ``_orig_hw``, ``_is_image_set``, ``_is_batch``), so a view
+    never writes into the original's."""
+    view = copy.copy(predictor)
+    view.reset_predictor()
+    return view
+
+
+def image_features(view) -> tuple[dict, list]:
+    """After ``set_image_batch``: its ``_features`` (``{"image_embed": B x C x H x W, "high_res_feats": [B x C' x H'
+    x W', ...]}``) and ``_orig_hw`` (one (h, w) per image). sam2 has no public getter for the high-resolution features
+    or the sizes (``get_image_embedding`` returns ``image_embed`` only); a decoder needs all of them."""
+    return view._features, view._orig_hw
+
+
+def set_image_features(view, features: dict, orig_hw: Sequence[tuple[int, int]]) -> None:
+    """Leave ``view`` as ``set_image``/``set_image_batch`` would have, without running the image encoder: writes
+    ``_features`` (the layout ``image_features`` returns), ``_orig_hw`` and ``_is_image_set``."""
+    view._features = features
+    view._orig_hw = list(orig_hw)
+    view._is_image_set = True
+
+
+def prep_prompts(view, point_coords, point_labels, box, mask_input, normalize_coords: bool = True):
+    """``SAM2ImagePredictor._prep_prompts``: ``predict``'s first step (numpy prompts in pixels -> model-input tensors
+    on the device, via ``_transforms`` and ``_orig_hw``). Returns ``(mask_input, coords, labels, box)``."""
+    return view._prep_prompts(point_coords, point_labels, box, mask_input, normalize_coords)
+
+
+def predict_tensors(view, point_coords, point_labels, boxes=None, mask_input=None, multimask_output: bool = True,
+                    return_logits: bool = False):
+    """``SAM2ImagePredictor._predict``: ``predict``'s decode step on prepared prompt tensors (B prompts at once);
+    returns torch ``(masks B x C x H x W at _orig_hw, iou predictions B x C, low-res logits B x C x 256 x 256)``, on
+    the device, without ``predict``'s conversion of full-size masks to float32 numpy."""
+    return view._predict(point_coords, point_labels, boxes=boxes, mask_input=mask_input,
+                         multimask_output=multimask_output, return_logits=return_logits)
+
+
+class _LowResTransforms:
+    """``SAM2Transforms`` whose ``postprocess_masks`` leaves logits at the decoder's 256 x 256 (as float, like the
+    real one); everything else is the wrapped transforms'."""
+
+    def __init__(self, transforms):
+        self._transforms = transforms
+
+    def __getattr__(self, name):  # names not found on this object
+        if name == "_transforms":  # not yet set (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self._transforms, name)
+
+    def postprocess_masks(self, masks, orig_hw):
+        return masks.float()
+
+
+def use_low_res_masks(view, transforms) -> None:
+    """Make ``predict_tensors(view, ...)`` return low-res logits (256 x 256) as its "masks": replaces the view's
+    ``_transforms`` by ``transforms`` minus the upsampling. Relies on ``_predict`` using ``_transforms`` only for
+    ``postprocess_masks(low_res_masks, orig_hw)``. Automatic mask generation upsamples only the masks that survive
+    its filters (``transforms.postprocess_masks``, the real one, called by the caller)."""
+    view._transforms = _LowResTransforms(transforms)
+
+
+# ---- MaskDecoder ------------------------------------------------------------------------------------------------------
+# sam2_serve.models.mask_decoder wraps the decoder's TwoWayTransformer (channels-last inputs on CPU; a stop after the
+# transformer for automatic masks). That relies on how MaskDecoder.predict_masks calls it and reads its outputs.
+
+def mask_decoder_transformer(model) -> torch.nn.Module:
+    """``model.sam_mask_decoder.transformer``: the ``TwoWayTransformer`` that ``MaskDecoder.predict_masks`` calls
+    once per decode as ``transformer(src, pos_src, tokens)`` -> ``(hs, src)``."""
+    return model.sam_mask_decoder.transformer
+
+
+def replace_mask_decoder_transformer(model, transformer: torch.nn.Module) -> None:
+    """Set ``model.sam_mask_decoder.transformer`` (a submodule: its weights move one level down in the state dict;
+    so it is done after the weights are loaded)."""
+    model.sam_mask_decoder.transformer = transformer
+
+
+def single_dense_pe(image_pe: torch.Tensor) -> torch.Tensor:
+    """The one positional encoding in the transformer's ``image_pe`` argument (1 x C x H x W). ``predict_masks``
+    passes ``repeat_interleave(get_dense_pe(), B)``, and asserts that ``get_dense_pe()`` has batch size 1: every row
+    is the same encoding, so one row can be broadcast instead of read B times."""
+    return image_pe[:1]
+
+
+def iou_predictions(model, tokens: torch.Tensor) -> torch.Tensor:
+    """The four predicted IoUs (B x 4, single-mask token first) that ``predict_masks`` derives from the
+    transformer's output tokens ``tokens`` (B x T x C): ``iou_prediction_head`` on the IoU token, which follows the
+    object-score token when the decoder has one (``pred_obj_scores``)."""
+    decoder = model.sam_mask_decoder
+    iou_token = 1 if decoder.pred_obj_scores else 0
+    return decoder.iou_prediction_head(tokens[:, iou_token, :])
+
+
+# ---- SAM2VideoPredictor: inference_state -------------------------------------------------------------------------------
+# init_state decodes the whole video before the first mask; the service builds the same dict with a lazy frame
+# sequence, steps tracking one frame at a time with propagate_in_video's per-frame body, and drops per-frame outputs
+# that sam2 will not read again. The dict's keys and per-frame output layout are sam2's private structure.
+
+# The per-frame output dict _run_single_frame_inference stores (output_dict_per_obj[i][...][frame]).
+FRAME_OUTPUT_KEYS = frozenset({"maskmem_features", "maskmem_pos_enc", "pred_masks", "obj_ptr", "object_score_logits"})
+
+
+def new_inference_state(images: Sequence, video_hw: tuple[int, int], device: torch.device) -> dict:
+    """The ``inference_state`` that ``init_state(video, offload_video_to_cpu=True, offload_state_to_cpu=False)``
+    builds, with ``images`` as given (any sequence whose ``[i]`` is frame ``i`` preprocessed: 3 x S x S float) and
+    no warm-up encode of frame 0. sam2 indexes ``images`` only on a miss of its feature cache."""
+    return {
+        "images": images,
+        "num_frames": len(images),
+        "offload_video_to_cpu": True,
+        "offload_state_to_cpu": False,
+        "video_height": video_hw[0],
+        "video_width": video_hw[1],
+        "device": device,
+        "storage_device": device,
+        "point_inputs_per_obj": {},
+        "mask_inputs_per_obj": {},
+        "cached_features": {},
+        "constants": {},
+        "obj_id_to_idx": OrderedDict(),
+        "obj_idx_to_id": OrderedDict(),
+        "obj_ids": [],
+        "output_dict_per_obj": {},
+        "temp_output_dict_per_obj": {},
+        "frames_tracked_per_obj": {},
+    }
+
+
+def state_frames(state: dict) -> Sequence:
+    """The ``images`` sequence a state was built with."""
+    return state["images"]
+
+
+def video_size(state: dict) -> tuple[int, int]:
+    """(height, width) of the original video, the size sam2's video-resolution masks have."""
+    return state["video_height"], state["video_width"]
+
+
+def num_frames(state: dict) -> int:
+    """Frames in the (clip) video; sam2 bounds tracking and its pointer window with it."""
+    return state["num_frames"]
+
+
+def object_ids(state: dict) -> list:
+    """Object ids in sam2's object-index order (index ``i`` is the ``i``-th id)."""
+    return state["obj_ids"]
+
+
+def frame_features(state: dict) -> dict:
+    """sam2's backbone feature cache, ``{frame: (image, backbone_out)}``: ``_get_image_feature`` reads it first, and
+    on a miss encodes the frame and replaces the cache with that one frame."""
+    return state["cached_features"]
+
+
+def set_frame_features(state: dict, features: dict) -> None:
+    """Replace sam2's backbone feature cache (see ``frame_features``); ``{}`` drops every cached frame."""
+    state["cached_features"] = features
+
+
+def consolidate_prompts(model, state: dict) -> None:
+    """``propagate_in_video_preflight``: what ``propagate_in_video`` runs before its first frame (moves the prompted
+    frames' outputs from the temporary to the per-object output dicts, running the memory encoder on them)."""
+    model.propagate_in_video_preflight(state)
+
+
+def track_object(model, state: dict, obj_idx: int, frame: int) -> tuple[dict, torch.Tensor]:
+    """One object on one frame, forward, as ``propagate_in_video``'s per-object step does it: a prompted frame's
+    stored output, else ``_run_single_frame_inference`` with the object's memories (stored as the frame's
+    non-conditioning output). Returns (the frame's output, its low-res mask logits 1 x 1 x h x w on the device).
+
+    Unlike ``propagate_in_video`` it does not record the frame in ``frames_tracked_per_obj`` (read only when prompts
+    are added after tracking, which a stream does not do), and skips ``clear_non_cond_mem_around_input`` (False in
+    every config this project builds)."""
+    od = state["output_dict_per_obj"][obj_idx]
+    out = od["cond_frame_outputs"].get(frame)
+    if out is not None:
+        return out, mask_logits(out).to(state["device"], non_blocking=True)
+    out, masks = model._run_single_frame_inference(
+        inference_state=state, output_dict=od, frame_idx=frame, batch_size=1, is_init_cond_frame=False,
+        point_inputs=None, mask_inputs=None, reverse=False, run_mem_encoder=True)
+    od["non_cond_frame_outputs"][frame] = out
+    return out, masks
+
+
+def video_res_masks(model, state: dict, low_res: torch.Tensor) -> torch.Tensor:
+    """``_get_orig_video_res_output``: low-res logits (N x 1 x h x w) -> video-resolution logits, with sam2's
+    non-overlap constraint when the model applies one; what ``propagate_in_video`` yields."""
+    return model._get_orig_video_res_output(state, low_res)[1]
+
+
+def frame_output(state: dict, obj_idx: int, frame: int) -> Optional[dict]:
+    """An object's output on a frame, as the last prompt or propagation left it: the temporary outputs (prompts
+    not yet propagated) first, then the consolidated ones; conditioning before non-conditioning. None if none."""
+    for d in (state["temp_output_dict_per_obj"].get(obj_idx), state["output_dict_per_obj"].get(obj_idx)):
+        for key in ("cond_frame_outputs", "non_cond_frame_outputs"):
+            if d is not None and frame in d[key]:
+                return d[key][frame]
+    return None
+
+
+def mask_logits(out: dict) -> torch.Tensor:
+    """A frame output's low-res mask logits (1 x 1 x h x w, on the state's storage device)."""
+    return out["pred_masks"]
+
+
+def object_score(out: Optional[dict]) -> Optional[float]:
+    """The object-score logit of a frame output (> 0: sam2 deems the object present), None without one."""
+    if out is None or out.get("object_score_logits") is None:
+        return None
+    return float(out["object_score_logits"].float().reshape(-1)[0])
+
+
+def memory_window(model, frame: int, num_frames: int) -> tuple[int, int]:
+    """The earliest non-conditioning frames sam2 reads when it tracks ``frame`` forward, as
+    ``SAM2Base._prepare_memory_conditioned_features`` selects them: (earliest memory, earliest object pointer).
+
+    Memories: ``frame - 1`` and every ``memory_temporal_stride_for_eval``-th frame from ``((frame - 2) // stride) *
+    stride`` back, ``num_maskmem - 1`` frames in all. Pointers: the ``min(num_frames, max_obj_ptrs_in_encoder) - 1``
+    frames before ``frame``. Both bounds only grow with ``frame``."""
+    stride = max(1, model.memory_temporal_stride_for_eval)
+    memory_from = min(frame - 1, ((frame - 2) // stride) * stride - max(0, model.num_maskmem - 3) * stride)
+    pointers_from = frame - (min(num_frames, model.max_obj_ptrs_in_encoder) - 1)
+    return memory_from, pointers_from
+
+
+def prune_outputs(model, state: dict, next_frame: int) -> None:
+    """Drop what tracking ``next_frame`` and later frames forward will not read (``memory_window``): outputs older
+    than both windows go, those within the pointer window only keep ``obj_ptr`` and ``object_score_logits`` (the
+    other keys None). Conditioning (prompted) outputs are kept."""
+    memory_from, pointers_from = memory_window(model, next_frame, num_frames(state))
+    for od in state["output_dict_per_obj"].values():
+        nc = od["non_cond_frame_outputs"]
+        for k in [k for k in nc if k < memory_from]:
+            if k < pointers_from:
+                del nc[k]
+            elif nc[k].get("maskmem_features") is not None:
+                nc[k] = {**dict.fromkeys(FRAME_OUTPUT_KEYS), "obj_ptr": nc[k]["obj_ptr"],
+                         "object_score_logits": nc[k]["object_score_logits"]}
+
+
+def output_counts(state: dict) -> dict[str, dict[str, int]]:
+    """Per object id (as str): its conditioning outputs, non-conditioning outputs holding a memory, and those
+    holding only an object pointer (``prune_outputs``)."""
+    counts = {}
+    for obj_idx, od in state["output_dict_per_obj"].items():
+        nc = od["non_cond_frame_outputs"]
+        with_memory = sum(1 for o in nc.values() if o.get("maskmem_features") is not None)
+        counts[str(state["obj_idx_to_id"][obj_idx])] = {
+            "cond": len(od["cond_frame_outputs"]), "non_cond_memories": with_memory,
+            "non_cond_pointers_only": len(nc) - with_memory,
+        }
+    return counts
+
+
+def per_frame_tensors(state: dict, inputs: bool = True) -> list:
+    """The containers of per-frame state (for byte counts): per-object outputs, temporary outputs, and with
+    ``inputs`` the per-object point and mask prompts."""
+    parts = [state["output_dict_per_obj"], state["temp_output_dict_per_obj"]]
+    if inputs:
+        parts += [state["point_inputs_per_obj"], state["mask_inputs_per_obj"]]
+    return parts
+
+
+# ---- SAM2VideoPredictor: model attributes and hooks ----------------------------------------------------------------------
+
+def fix_memory_dtype(model: torch.nn.Module) -> None:
+    """Cast memory attention's ``memory``/``memory_pos`` to the current features' dtype (idempotent).
+
+    sam2 stores memories as bfloat16; on CUDA autocast reconciles dtypes, on CPU a frame whose memory holds no
+    float32 object pointers fails with "mat1 and mat2 must have the same dtype". When pointers are present,
+    ``torch.cat`` already promotes the memory to float32, so this cast changes nothing else. A forward pre-hook on
+    ``model.memory_attention``; relies on ``_prepare_memory_conditioned_features`` passing ``curr``, ``memory`` and
+    ``memory_pos`` by keyword. Marks the module with ``_sam2_serve_dtype_fix`` (our attribute).
+    """
+    attn = model.memory_attention
+    if getattr(attn, "_sam2_serve_dtype_fix", False):
+        return
+
+    def _cast(_module, args, kwargs):
+        curr = kwargs.get("curr", args[0] if args else None)
+        ref = curr[0] if isinstance(curr, (list, tuple)) else curr
+        for key in ("memory", "memory_pos"):
+            value = kwargs.get(key)
+            if isinstance(value, torch.Tensor) and ref is not None and value.dtype != ref.dtype:
+                kwargs[key] = value.to(ref.dtype)
+        return args, kwargs
+
+    attn.register_forward_pre_hook(_cast, with_kwargs=True)
+    attn._sam2_serve_dtype_fix = True
+
+
+# sam2's optional CUDA extension (sam2._C: connected components, for hole filling) is absent from CPU builds; every
+# video frame then warns, and the masks are unaffected (the warning says so). The warning's text starts with the
+# ImportError's message, then "\n\nSkipping the post-processing step ..." (a pattern matches from the start, and
+# its ``.*`` stops at newlines: the ImportError's text is what can be matched).
+_MISSING_EXTENSION_MESSAGE = ".*cannot import name '_C' from 'sam2'"
+
+
+def silence_missing_extension_warnings() -> None:
+    """Ignore sam2's warnings that its CUDA extension is missing, from here on and process-wide (filters are
+    global: set where a video model is constructed, not around each threaded step). Idempotent: adds the filter
+    only when it is not in place."""
+    for action, message, category, _module, _lineno in warnings.filters:
+        if action == "ignore" and message is not None and message.pattern == _MISSING_EXTENSION_MESSAGE \
+                and category is UserWarning:
+            return
+    warnings.filterwarnings("ignore", message=_MISSING_EXTENSION_MESSAGE, category=UserWarning)
+
+
+# ---- checkpoints ------------------------------------------------------------------------------------------------------
+
+# The last bias of the decoder's object-score head in a sam2 state dict. Test checkpoints (sam2_serve.testing) set it
+# to +10: with random weights the score is negative and sam2 blanks every video mask.
+OBJECT_SCORE_BIAS_KEY = "sam_mask_decoder.pred_obj_score_head.layers.2.bias"
