@@ -80,9 +80,9 @@ def _probe(url: str, timeout_s: float = 10.0) -> None:
     right for a flaky link, but without any network a start would hang for minutes before saying what to do. Any
     HTTP answer (even an error status) counts as reachable; the download itself then keeps its own retries.
     """
-    import requests
+    from huggingface_hub.utils import get_session
 
-    requests.head(url, timeout=timeout_s, allow_redirects=False)
+    get_session().head(url, timeout=timeout_s, allow_redirects=False)
 
 
 def select_device(device: Device = "auto") -> torch.device:
