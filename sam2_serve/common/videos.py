@@ -147,7 +147,6 @@ class FrameReader:
         self._next = 0  # index of the frame the running decoder yields next
         self._pts: Optional[list[int]] = None
         self.frames_decoded = 0
-        self.seeks = 0
 
     def __len__(self) -> int:
         return self.info.num_frames
@@ -159,7 +158,6 @@ class FrameReader:
         stream.thread_type = "AUTO"
         if target_pts is not None:
             self._container.seek(target_pts, stream=stream, backward=True, any_frame=False)
-            self.seeks += 1
         self._iter = self._container.decode(stream)
 
     def _index_pts(self) -> list[int]:

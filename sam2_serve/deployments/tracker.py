@@ -67,7 +67,6 @@ class SessionRouter(FIFOMixin, RequestRouter):
 class _Session:
     session: object  # sam2_serve.models.video.VideoSession
     info: VideoInfo
-    created: float
     last_used: float
     ttl_s: float
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -178,7 +177,7 @@ class VideoTracker:
         session = self.model.open_session(FrameReader(video, info))
         now = time.monotonic()
         ttl = min(ttl_s or self.session_ttl_s, self.session_ttl_s)
-        self._sessions[session_id] = _Session(session, info, now, now, ttl)
+        self._sessions[session_id] = _Session(session, info, now, ttl)
         return {"session_id": session_id, "width": info.width, "height": info.height,
                 "num_frames": info.num_frames, "fps": info.fps, "ttl_s": ttl}
 
