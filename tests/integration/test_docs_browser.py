@@ -111,8 +111,8 @@ def test_redoc_renders_offline(tab, docs_app):
     tab.goto(docs_app + "/redoc")
     tab.wait_for_selector(".api-content h1")
     assert "sam2-serve" in tab.inner_text(".api-content h1")
-    assert tab.locator("text=/v1/models").count() >= 1
-    assert tab.locator("text=bearerAuth").count() >= 1  # the security scheme is documented
+    assert tab.get_by_text("/v1/models").count() >= 1
+    assert tab.get_by_text("bearerAuth").count() >= 1  # the security scheme is documented
     # ReDoc's sidebar always asks for its vendor's logo from a CDN: the page's policy blocks it before it is sent.
     assert [e for e in tab.errors if "cdn.redoc.ly" not in e or "Content Security Policy" not in e] == [], tab.errors
     _assert_stayed_home(tab, docs_app)
