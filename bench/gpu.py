@@ -184,6 +184,8 @@ def click_and_amg(plan: Plan, name: str, ckpt: str, rgb) -> None:
                 f"amg_{mode}_masks": len(ours), f"amg_{mode}_up_masks": len(ref)})
         if mode == "keepall" and ours and len(ours) == len(ref):
             emit(iou_amg=min(iou(m.mask, r["segmentation"]) for m, r in zip(ours, ref)))
+        elif mode == "keepall":
+            emit(errors=[f"automatic masks: {len(ours)} ours, {len(ref)} upstream's"])
 
 
 def video_pair(plan: Plan, name: str, ckpt: str, frames_dir: str, overrides: tuple) -> None:
