@@ -351,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     head = machine(plan)
     rows: dict = {}
+    text = report(plan, head, rows)
     with tempfile.TemporaryDirectory() as tmp:
         from sam2_serve.testing import decode_frames, write_frames_dir
 
