@@ -7,6 +7,8 @@ What it derives from ``serve_config.yaml``, per manifest (``k8s/base`` and each 
 
 * ``args.device: cuda``: pods have GPUs; ``cuda`` fails loudly on a pod without one, where ``auto`` would
   silently serve from the CPU.
+* ``args.auth.required: true``: the pods get the API key from a Secret (``k8s/base/secret.yaml``) as the variable
+  ``auth.api_key_env`` names; a missing key then fails the deployment instead of opening the API.
 * ``max_replicas`` of the GPU deployments, capped so that their GPU shares at maximum fit the GPUs the worker
   groups can reach (``maxReplicas`` x ``nvidia.com/gpu``): when the sum of ``max_replicas x num_gpus`` exceeds
   them, each maximum is scaled down in proportion (never below ``min_replicas``). Replicas beyond the cluster's
@@ -37,6 +39,7 @@ K8S = ROOT / "k8s"
 BASE_RAYSERVICE = K8S / "base" / "rayservice.yaml"
 GENERATED_PATCH = "serve-config.patch.yaml"  # in each overlay
 GPU_RESOURCE = "nvidia.com/gpu"
+API_KEY_ENV = "SAM2_SERVE_API_KEY"  # sam2_serve.common.auth.DEFAULT_KEY_ENV; set from the Secret in rayservice.yaml
 
 
 # ---- kustomize (the subset these manifests use) --------------------------------------------------------------
@@ -196,10 +199,14 @@ def gpu_demand(app: dict, shares: dict[str, float]) -> tuple[float, float]:
 
 
 def k8s_serve_config(config: dict, capacity: float, shares: dict[str, dict[str, float]] | None = None) -> dict:
-    """``serve_config.yaml`` as the RayService runs it: ``device: cuda``, GPU maxima capped to ``capacity``."""
+    """``serve_config.yaml`` as the RayService runs it: ``device: cuda``, ``auth.required``, GPU maxima capped to
+    ``capacity``."""
     out = copy.deepcopy(config)
     for app in out["applications"]:
         app.setdefault("args", {})["device"] = "cuda"
+        auth = app["args"].setdefault("auth", {})
+        auth["required"] = True
+        auth.setdefault("api_key_env", API_KEY_ENV)
         app_shares = (shares or {}).get(app["name"]) or gpu_shares(app)
         deps = {d["name"]: d for d in app.get("deployments", [])}
         scalable = {n: s for n, s in app_shares.items() if (deps.get(n) or {}).get("autoscaling_config")}

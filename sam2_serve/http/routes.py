@@ -18,7 +18,7 @@ from sam2_serve.common import schemas
 from sam2_serve.common.wire import frame_json, predict_json, segment_json
 from sam2_serve.http.bodies import image_request, video_request
 from sam2_serve.http.guard import GuardedRoute, install_error_handlers, stream_error_line
-from sam2_serve.http.openapi import body_doc, install_openapi
+from sam2_serve.http.openapi import body_doc, docs_app, install_openapi
 from sam2_serve.http.web import add_web_routes
 
 # Answers with at most this many masks are encoded on the event loop, larger ones in a thread: a click's mask or
@@ -28,7 +28,7 @@ INLINE_MASKS = 3
 
 def build_http_app(ingress) -> FastAPI:
     """The FastAPI app of one ``SAM2Ingress`` replica."""
-    app = FastAPI(
+    app = docs_app(  # FastAPI, with /docs and /redoc served from local files (no CDN)
         title="sam2-serve", version=__version__,
         description="SAM 2.1 served: prompted masks (predict), automatic masks (segment_anything), video tracking.",
         responses={code: {"model": schemas.ErrorResponse} for code in (400, 404, 413, 422)})
@@ -69,7 +69,8 @@ def build_http_app(ingress) -> FastAPI:
 
     @app.post("/v1/generate", response_class=StreamingResponse,
               openapi_extra=body_doc(schemas.GenerateRequest, "video"),
-              responses={200: {"content": {"application/x-ndjson": {"schema": schemas.FrameOut.model_json_schema()}},
+              responses={200: {"content": {"application/x-ndjson": {"schema": {
+                  "$ref": "#/components/schemas/FrameOut"}}},  # a $ref: inline $defs would dangle in the document
                                "description": "One JSON object per tracked frame, in order."}})
     async def generate(request: Request):
         req, video = await video_request(request, schemas.GenerateRequest, max_body)

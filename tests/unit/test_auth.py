@@ -95,17 +95,7 @@ def test_unknown_auth_option_is_rejected():
 # ---- the ingress's own FastAPI app, in process --------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ingress_app():
-    """The FastAPI app an ingress replica builds, over a local ``SAM2Ingress`` (no Ray: no handle is reached)."""
-    from sam2_serve.deployments.ingress import SAM2Ingress
-    from sam2_serve.http.routes import build_http_app
-
-    def make(**kwargs):
-        # No model work is reached in these tests: every request is refused or invalid before a handle is used.
-        return TestClient(build_http_app(SAM2Ingress(encoder=None, decoder=None, cache=None, **kwargs)))
-
-    return make
+# ``ingress_app``: tests/unit/conftest.py
 
 
 def test_ingress_with_key_missing_wrong_right(ingress_app, tmp_path):

@@ -295,10 +295,11 @@ def test_serve_config_v2_is_strictly_valid(directory, built):
 
 
 def _without_derived(config: dict, shares: dict[str, float]) -> dict:
-    """``config`` minus what render_k8s derives: the device and the GPU deployments' max_replicas."""
+    """``config`` minus what render_k8s derives: the device, auth.required and the GPU deployments' max_replicas."""
     config = copy.deepcopy(config)
     for app in config["applications"]:
         app["args"].pop("device", None)
+        app["args"].get("auth", {}).pop("required", None)
         for dep in app["deployments"]:
             if dep["name"] in shares and "autoscaling_config" in dep:
                 dep["autoscaling_config"].pop("max_replicas")
