@@ -48,6 +48,10 @@ class EmbeddingCache:
             self._bytes -= old.nbytes
             self._held()
 
+    def check_health(self) -> None:
+        """Serve's periodic health check: nothing here can hang; it re-reports the gauges (``metrics.refresh``)."""
+        self.metrics.refresh()
+
     def _held(self) -> None:
         self.metrics.bytes.set(self._bytes)
         self.metrics.entries.set(len(self._entries))

@@ -9,6 +9,15 @@ Each wrapper also keeps its value in this process (``Count.value``, ``Distributi
 what the deployments' ``stats()`` report: the handle counters and the exported metrics come from the same increments.
 
 Units: seconds, bytes; histograms count one observation per forward pass, decoder pass, frame or batch.
+
+Two behaviours of Ray 2.60's export (OpenTelemetry) that shape this module:
+
+* A gauge's value is dropped about two report intervals (~20 s) after it was last set, so a gauge that does not
+  change disappears. Deployments with gauges call their metrics' ``refresh()`` from Serve's periodic
+  ``check_health`` (every ``health_check_period_s``, default 10 s), which sets each gauge again.
+* A histogram's exported ``_sum`` is rebuilt from bucket midpoints, not from the observed values: it is exact only
+  for values at a bucket's midpoint. Batch sizes have one bucket per size up to 8 so that theirs is exact; for
+  seconds, ``_sum / _count`` is a mean within bucket resolution (the ``_bucket`` counts are exact).
 """
 
 from __future__ import annotations
@@ -19,7 +28,8 @@ from typing import Any, Callable, Optional, Sequence
 
 # Bucket upper bounds. Seconds: a decoder pass on a GPU (~ms) up to a base-plus CPU video frame (~10 s) and beyond.
 SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 150.0, 300.0)
-BATCH_SIZES = (1, 2, 4, 8, 16, 32)
+# Half-integers: sizes 1-8 each sit at the midpoint of their own bucket (Ray rebuilds _sum from midpoints).
+BATCH_SIZES = (0.5, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5, 8.5, 16.5, 32.5)
 
 
 def _key(tags: Optional[dict]) -> tuple:
@@ -87,7 +97,17 @@ class Distribution:
         return run
 
 
-class CacheMetrics:
+class _Bundle:
+    """The metrics of one deployment kind."""
+
+    def refresh(self) -> None:
+        """Set every gauge again to its current value (Ray drops a gauge ~20 s after its last set)."""
+        for level in vars(self).values():
+            if isinstance(level, Level):
+                level.set(level.value)
+
+
+class CacheMetrics(_Bundle):
     """EmbeddingCache: lookups that found an embedding, lookups that did not, LRU evictions, bytes and entries held."""
 
     def __init__(self):
@@ -98,7 +118,7 @@ class CacheMetrics:
         self.entries = Level("sam2_cache_entries", "Embeddings the cache holds.")
 
 
-class EncoderMetrics:
+class EncoderMetrics(_Bundle):
     """ImageEncoder: images encoded, images per forward pass, seconds per forward pass (on the torch thread)."""
 
     def __init__(self):
@@ -107,7 +127,7 @@ class EncoderMetrics:
         self.forward = Distribution("sam2_encoder_forward_seconds", "Seconds per encoder forward pass (one batch).")
 
 
-class DecoderMetrics:
+class DecoderMetrics(_Bundle):
     """MaskDecoder: seconds per decoder pass (``op``: ``predict`` for a click, ``segment`` for one automatic-mask
     step), automatic-mask grid prompts decoded, and those stopped after the transformer (no mask could pass
     ``pred_iou_thresh``, so they were never upsampled)."""
@@ -120,7 +140,7 @@ class DecoderMetrics:
                                  "pred_iou_thresh, so no mask was upsampled.")
 
 
-class TrackerMetrics:
+class TrackerMetrics(_Bundle):
     """VideoTracker: frames streamed (``rate()`` of it is frames/s) and seconds per frame, live sessions and
     streams, streams started and streams cancelled (the caller went away before the last frame)."""
 
@@ -134,7 +154,7 @@ class TrackerMetrics:
                                        "Streams stopped because the caller went away before the last frame.")
 
 
-class RequestMetrics:
+class RequestMetrics(_Bundle):
     """The ingress: HTTP requests by route (the path template, e.g. ``/v1/sessions/{session_id}``), method and
     status (``sam2_serve.http.guard.GuardedRoute`` counts each once, when it is answered or its stream starts)."""
 

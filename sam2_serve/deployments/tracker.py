@@ -263,9 +263,10 @@ class VideoTracker:
 
     def check_health(self) -> None:
         """Serve's periodic health check: fails when the torch thread is dead or stuck (``TorchThread``). Also
-        ends expired sessions, so that they free their memory (and leave the sessions gauge) on time."""
+        ends expired sessions, so that they free their memory on time, and re-reports the gauges."""
         self.torch.check_health(self.stuck_after_s)
         self._expire()
+        self.metrics.refresh()
 
     def stats(self) -> dict:
         """Counters for tests (the exported metrics' values)."""

@@ -32,6 +32,27 @@ def test_count_level_distribution_keep_their_values():
     assert dist.count == 3 and 1.5 <= dist.sum < 10
 
 
+def test_refresh_sets_every_gauge_again():
+    """Ray drops a gauge ~20 s after its last set: ``refresh`` (called from check_health) sets each again."""
+    from sam2_serve.deployments.metrics import TrackerMetrics
+
+    metrics, calls = TrackerMetrics(), []
+    metrics.sessions.set(3)
+    for level in (metrics.sessions, metrics.streams):
+        level._metric = type("Recorder", (), {"set": lambda self, v, tags=None, name=level: calls.append((name, v))})()
+    metrics.refresh()
+    assert sorted((lvl is metrics.sessions, v) for lvl, v in calls) == [(False, 0), (True, 3)]
+
+
+def test_batch_sizes_sit_at_their_buckets_midpoints():
+    """Ray rebuilds a histogram's _sum from bucket midpoints: batch sizes 1..8 must each be one."""
+    from sam2_serve.deployments.metrics import BATCH_SIZES
+
+    bounds = [0.0, *BATCH_SIZES]
+    midpoints = [(lo + hi) / 2 for lo, hi in zip(bounds, bounds[1:])]
+    assert all(size in midpoints for size in range(1, 9))
+
+
 @pytest.fixture
 def client(monkeypatch):
     """The FastAPI app of an ingress replica with an API key, over a local ``SAM2Ingress`` (no handles: a request
