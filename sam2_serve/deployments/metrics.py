@@ -85,15 +85,21 @@ class Distribution:
         self.count += 1
         self.sum += value
 
-    def timed(self, fn: Callable[..., Any], tags: Optional[dict] = None) -> Callable[..., Any]:
+    def timed(self, fn: Callable[..., Any], tags: Optional[dict] = None,
+              counts: Optional[Callable[[Any], bool]] = None) -> Callable[..., Any]:
         """``fn`` observing its own duration: wrap the job given to a torch thread, so that only the work is timed,
-        not the wait in its queue."""
+        not the wait in its queue. ``counts(result)`` False: not observed (e.g. a stream's end, no frame); a call
+        that raises is observed."""
         def run(*args: Any, **kwargs: Any) -> Any:
             start = time.perf_counter()
             try:
-                return fn(*args, **kwargs)
-            finally:
+                result = fn(*args, **kwargs)
+            except BaseException:
                 self.observe(time.perf_counter() - start, tags)
+                raise
+            if counts is None or counts(result):
+                self.observe(time.perf_counter() - start, tags)
+            return result
         return run
 
 

@@ -109,7 +109,7 @@ class VideoTracker:
         m = self.metrics
         m.streams_started.inc()
         m.streams.set(m.streams.value + 1)
-        step = m.frame.timed(_next)
+        step = m.frame.timed(_next, counts=lambda frame: frame is not None)  # the stream's end is no frame
         pending = None
         try:
             while True:

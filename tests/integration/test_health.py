@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 
 APP, PREFIX = "sam2-health", "/wedge"
 STUCK_AFTER_S = 0.5
-REPLACED_BOUND_S = 240  # a replica loads a model on a shared 2-core machine; the figure is printed
+REPLACED_BOUND_S = 300  # replicas load a model on a shared 2-core machine; the figure is printed
 
 
 def encoder_replicas() -> set[str]:
@@ -57,9 +57,10 @@ def wedge_app(serve_app, tiny_checkpoint):
     serve.delete(APP)
 
 
-def _image_b64() -> str:
+def _image_b64(seed: int) -> str:
+    """A small image of its own (not in the cache: it is encoded)."""
     buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(99).integers(0, 255, (96, 128, 3), np.uint8)).save(buf, format="PNG")
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (96, 128, 3), np.uint8)).save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode()
 
 
@@ -72,6 +73,9 @@ def _replica_log(replica: str) -> list[dict]:
 
 
 def test_a_stuck_encoder_is_replaced_while_the_other_keeps_answering(wedge_app, http):
+    """Serve marks a replica unhealthy after 3 failed checks in a row. On a starved machine its controller may not
+    get 3 checks done while one encode runs (seen: one check in an 18 s encode at load 27 on 2 cores); the encode
+    then ends, the replica is healthy again, and the test wedges one more (a new image) until one is replaced."""
     from ray import serve
     from ray.serve._private.common import DeploymentStatus
 
@@ -79,36 +83,38 @@ def test_a_stuck_encoder_is_replaced_while_the_other_keeps_answering(wedge_app, 
     assert len(before) == 2, before
     status = serve.status().applications[APP].deployments["ImageEncoder"]
     assert status.status == DeploymentStatus.HEALTHY, status
-    answers, seen = [], []
+    answers, seen, wedges = [], [], []
     with ThreadPoolExecutor(1) as pool:
-        # The wedge: a real encode on one replica, longer than stuck_after_s.
-        wedge = pool.submit(requests.post, f"{wedge_app}/v1/embed", json={"image": {"base64": _image_b64()}},
-                            timeout=300)
         start = time.monotonic()
         while True:
+            now = encoder_replicas()
+            settled = status.status == DeploymentStatus.HEALTHY and status.replica_states == {"RUNNING": 2}
+            if settled and not before - now and (not wedges or wedges[-1].done()):
+                # The wedge: a real encode on one replica, longer than stuck_after_s.
+                wedges.append(pool.submit(requests.post, f"{wedge_app}/v1/embed", timeout=300,
+                                          json={"image": {"base64": _image_b64(len(wedges))}}))
+            elif settled and before - now and wedges[-1].done() and len(now) == 2:
+                break
             # Other requests, served throughout: /v1/models is answered by an ImageEncoder replica (info()).
             answers.append(http.get(f"{wedge_app}/v1/models", timeout=60).status_code)
             answers.append(http.get(f"{wedge_app}/healthz", timeout=60).status_code)
             status = serve.status().applications[APP].deployments["ImageEncoder"]
             if status.status != DeploymentStatus.HEALTHY:
                 seen.append((status.status, status.message, dict(status.replica_states)))
-            now = encoder_replicas()
-            if wedge.done() and before - now and status.status == DeploymentStatus.HEALTHY \
-                    and status.replica_states.get("RUNNING") == 2 and len(now) == 2:
-                break
             assert time.monotonic() - start < REPLACED_BOUND_S, (
-                f"not replaced after {REPLACED_BOUND_S} s: replicas {before} -> {now}, {status}")
+                f"not replaced after {REPLACED_BOUND_S} s and {len(wedges)} wedged encodes: replicas {before} -> "
+                f"{now}, {status}")
             time.sleep(0.3)
-    took, r = time.monotonic() - start, wedge.result()
+    took, results = time.monotonic() - start, [w.result() for w in wedges]
     replaced, added = before - now, now - before
-    print(f"\nreplaced {replaced} by {added} in {took:.0f} s (the stuck encode answered {r.status_code}); "
-          f"{len(answers)} other requests, statuses {sorted(set(answers))}; seen while replacing: "
-          f"{[(str(st), states) for st, _, states in seen][:2]}")
-    assert len(replaced) == 1 and len(added) == 1, (before, now)  # the stuck one only; the other kept serving
+    print(f"\nreplaced {replaced} by {added} in {took:.0f} s after {len(wedges)} wedged encode(s) (answered "
+          f"{[r.status_code for r in results]}); {len(answers)} other requests, statuses {sorted(set(answers))}; "
+          f"seen while replacing: {[(str(st), states) for st, _, states in seen][:2]}")
+    assert len(replaced) == len(added) == 1, (before, now)  # the stuck one only; the other kept serving
     assert set(answers) == {200}, answers
     assert seen and any("health check" in message for _, message, _ in seen), seen
-    # The encode itself finished during the graceful stop (200), or was cut off with a retryable 503.
-    assert r.status_code in (200, 503), r.text
+    # Each encode finished (during the graceful stop, for the last one) or was cut off with a retryable 503.
+    assert all(r.status_code in (200, 503) for r in results), [r.text for r in results]
     # The replaced replica said why, in its (JSON) log.
     (gone,) = replaced
     reasons = [x["message"] for x in _replica_log(gone) if "health check failed" in x["message"]]

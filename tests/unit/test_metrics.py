@@ -30,6 +30,10 @@ def test_count_level_distribution_keep_their_values():
         dist.timed(lambda: 1 / 0)()  # a failed pass is timed too
     dist.observe(1.5)
     assert dist.count == 3 and 1.5 <= dist.sum < 10
+    frames = dist.timed(lambda it: next(it, None), counts=lambda frame: frame is not None)
+    it = iter(["frame"])
+    assert frames(it) == "frame" and frames(it) is None  # the end of a stream is not a frame
+    assert dist.count == 4
 
 
 def test_refresh_sets_every_gauge_again():
