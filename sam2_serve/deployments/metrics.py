@@ -136,7 +136,11 @@ class EncoderMetrics(_Bundle):
 class DecoderMetrics(_Bundle):
     """MaskDecoder: seconds per decoder pass (``op``: ``predict`` for a click, ``segment`` for one automatic-mask
     step), automatic-mask grid prompts decoded, and those stopped after the transformer (no mask could pass
-    ``pred_iou_thresh``, so they were never upsampled)."""
+    ``pred_iou_thresh``, so they were never upsampled).
+
+    On CUDA a job's time runs until its result is on the host: a click's masks are, so its pass is timed whole; an
+    automatic-mask step that keeps its logits on the GPU may end before its kernels do, and the batch's last step
+    (which brings the survivors to the host) then carries the rest."""
 
     def __init__(self):
         self.passes = Distribution("sam2_decoder_pass_seconds", "Seconds per mask-decoder pass.", tag_keys=("op",))
