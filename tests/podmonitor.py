@@ -1,4 +1,4 @@
-"""A JSON schema for the Prometheus Operator's ``PodMonitor`` (``monitoring.coreos.com/v1``), for tests/unit/test_k8s.py.
+"""A JSON schema for the Prometheus Operator's ``PodMonitor`` (``monitoring.coreos.com/v1``), for test_k8s.py.
 
 The operator's CRDs are not shipped in tests/data (unlike KubeRay's), so this is the part of the CRD's
 ``openAPIV3Schema`` that k8s/base/podmonitor.yaml can use: the same field names, types, enums and patterns as the
