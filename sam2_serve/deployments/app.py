@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve import Application
 from ray.serve.config import BackpressureConfig, RequestRouterConfig
+from ray.serve.schema import LoggingConfig
 
 from sam2_serve.common.auth import AuthConfig
 from sam2_serve.common.limits import Limits
@@ -59,9 +60,22 @@ class Placement(BaseModel):
     max_ongoing_requests: int = Field(8, gt=0, description="Requests one replica works on at once.")
     max_queued_requests: int = Field(64, gt=0, description="Requests each caller queues for this deployment "
                                      "before answering 503 (bounds waiting time and memory).")
+    # Serve calls each replica's health check every period; 3 failures (or timeouts) in a row and it replaces it.
+    health_check_period_s: float = Field(10.0, gt=0, description="Seconds between Serve's health checks.")
+    health_check_timeout_s: float = Field(30.0, gt=0, description="Seconds a health check may take before it "
+                                          "counts as failed.")
 
 
-class EncoderPlacement(Placement):
+class ModelPlacement(Placement):
+    """A deployment whose replicas run a model on their one torch thread (encoder, decoder, tracker)."""
+
+    stuck_after_s: Optional[float] = Field(
+        300.0, gt=0, description="The replica's health check fails once its torch thread has run one job (a forward "
+        "pass, a video frame) this long, and Serve replaces it. Generous by default for CPUs (a base-plus encode "
+        "takes 5-11 s there, a video frame 7-11 s, more with many objects); GPU work is far faster. None: no bound.")
+
+
+class EncoderPlacement(ModelPlacement):
     num_cpus: float = 0.5
     num_gpus: float = 0.5
     max_queued_requests: int = 32
@@ -71,7 +85,7 @@ class EncoderPlacement(Placement):
     batch_wait_timeout_s: float = Field(0.02, ge=0, description="How long a batch waits to fill.")
 
 
-class TrackerPlacement(Placement):
+class TrackerPlacement(ModelPlacement):
     """The VideoTracker: a whole model (backbone included) per replica, holding streams and sessions."""
 
     num_cpus: float = 1.0
@@ -96,8 +110,8 @@ class AppArgs(BaseModel):
     limits: Limits = Field(default_factory=Limits)
     encoder: EncoderPlacement = Field(default_factory=EncoderPlacement)
     # The decoder's queue is deep because one segment_anything request fans out points/points_per_batch calls.
-    decoder: Placement = Field(default_factory=lambda: Placement(num_cpus=0.25, num_gpus=0.25, max_ongoing_requests=16,
-                                                                 max_queued_requests=512))
+    decoder: ModelPlacement = Field(default_factory=lambda: ModelPlacement(
+        num_cpus=0.25, num_gpus=0.25, max_ongoing_requests=16, max_queued_requests=512))
     ingress: Placement = Field(default_factory=lambda: Placement(num_cpus=0.25, max_ongoing_requests=64,
                                                                  max_queued_requests=128))
     tracker: TrackerPlacement = Field(default_factory=TrackerPlacement)
@@ -109,6 +123,10 @@ class AppArgs(BaseModel):
         300.0, gt=0, description="Ingress bound on one request (streams: until the response starts); 504 after. "
         "Keep below http_options.request_timeout_s of the Serve config so clients get the JSON error.")
     retry_after_s: float = Field(1.0, ge=0, description="Retry-After of 503 answers (overload, replica lost).")
+    logging: LoggingConfig = Field(
+        default_factory=lambda: LoggingConfig(encoding="JSON"), description="Serve's logging_config of every "
+        "deployment (it wins over an application-level logging_config). JSON: one object a line, with the request_id "
+        "of the request each line was logged in; TEXT for plain lines.")
     replica_env: dict[str, str] = Field(
         default_factory=dict, description="Environment variables of every replica, over the allocator settings of "
         "its kind (model replicas: MODEL_MALLOC_ENV, ingress and cache: IO_MALLOC_ENV); a key given here wins. "
@@ -129,11 +147,16 @@ def uses_gpu(device: str) -> bool:
     return torch.cuda.is_available()
 
 
-def _options(p: Placement, gpu: bool, retry_after_s: float = 1.0, env: dict | None = None) -> dict:
-    """serve.deployment options of one placement: Ray resources, backpressure, and a replica count when fixed."""
+def _options(p: Placement, gpu: bool, retry_after_s: float = 1.0, env: dict | None = None,
+             logging_config: LoggingConfig | None = None) -> dict:
+    """serve.deployment options of one placement: Ray resources, backpressure, health checks, logging, and a
+    replica count when fixed."""
     options = {"ray_actor_options": {"num_cpus": p.num_cpus, "num_gpus": p.num_gpus if gpu else 0},
                "max_ongoing_requests": p.max_ongoing_requests, "max_queued_requests": p.max_queued_requests,
-               "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=retry_after_s)}
+               "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=retry_after_s),
+               "health_check_period_s": p.health_check_period_s, "health_check_timeout_s": p.health_check_timeout_s}
+    if logging_config is not None:
+        options["logging_config"] = logging_config
     if env:
         options["ray_actor_options"]["runtime_env"] = {"env_vars": dict(env)}
     if p.num_replicas is not None:
@@ -182,27 +205,28 @@ def bind_app(args: AppArgs | dict, checkpoint_sha256: str | None = None) -> Appl
     model_kwargs = {"model": a.model, "checkpoint": a.checkpoint, "device": a.device, "dtype": a.dtype,
                     "checkpoint_sha256": checkpoint_sha256}
 
-    retry = a.retry_after_s
+    retry, log = a.retry_after_s, a.logging
     model_env, io_env = {**MODEL_MALLOC_ENV, **a.replica_env}, {**IO_MALLOC_ENV, **a.replica_env}
     encoder = serve.deployment(ImageEncoder, name="ImageEncoder",
-                               **_options(a.encoder, gpu, retry, model_env)).bind(
+                               **_options(a.encoder, gpu, retry, model_env, log)).bind(
         **model_kwargs, max_batch_size=a.encoder.max_batch_size, cpu_max_batch_size=a.encoder.cpu_max_batch_size,
-        batch_wait_timeout_s=a.encoder.batch_wait_timeout_s, torch_threads=a.encoder.torch_threads)
-    decoder = serve.deployment(MaskDecoder, name="MaskDecoder", **_options(a.decoder, gpu, retry, model_env)).bind(
-        **model_kwargs, torch_threads=a.decoder.torch_threads)
+        batch_wait_timeout_s=a.encoder.batch_wait_timeout_s, torch_threads=a.encoder.torch_threads,
+        stuck_after_s=a.encoder.stuck_after_s)
+    decoder = serve.deployment(MaskDecoder, name="MaskDecoder", **_options(a.decoder, gpu, retry, model_env, log)).bind(
+        **model_kwargs, torch_threads=a.decoder.torch_threads, stuck_after_s=a.decoder.stuck_after_s)
     cache = serve.deployment(EmbeddingCache, name="EmbeddingCache",
-                             **_options(a.cache, False, retry, io_env)).bind(max_bytes=a.cache_bytes)
+                             **_options(a.cache, False, retry, io_env, log)).bind(max_bytes=a.cache_bytes)
     t = a.tracker
     # Sessions live on one replica: SessionRouter sends each call with a session_id to the replica that minted it.
     tracker = serve.deployment(
         VideoTracker, name="VideoTracker",
         request_router_config=RequestRouterConfig(request_router_class=SessionRouter),
-        **_options(t, gpu, retry, model_env)).bind(
+        **_options(t, gpu, retry, model_env, log)).bind(
         **model_kwargs, torch_threads=t.torch_threads, hydra_overrides=t.hydra_overrides,
-        session_ttl_s=t.session_ttl_s, max_sessions=t.max_sessions)
+        session_ttl_s=t.session_ttl_s, max_sessions=t.max_sessions, stuck_after_s=t.stuck_after_s)
     # serve.ingress() without an app: each replica builds its FastAPI app from SAM2Ingress.__serve_build_asgi_app__.
     ingress = serve.deployment(serve.ingress()(SAM2Ingress), name="SAM2Ingress",
-                               **_options(a.ingress, False, retry, io_env)).bind(
+                               **_options(a.ingress, False, retry, io_env, log)).bind(
         encoder=encoder, decoder=decoder, cache=cache, tracker=tracker, limits=a.limits.model_dump(),
         auth=a.auth.model_dump(), request_timeout_s=a.request_timeout_s, retry_after_s=retry)
     return ingress

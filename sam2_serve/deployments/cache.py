@@ -11,6 +11,7 @@ from collections import OrderedDict
 from typing import Optional
 
 from sam2_serve.common.types import EmbeddingRef
+from sam2_serve.deployments.metrics import CacheMetrics
 
 
 class EmbeddingCache:
@@ -18,15 +19,15 @@ class EmbeddingCache:
         self.max_bytes = int(max_bytes)
         self._entries: OrderedDict[str, EmbeddingRef] = OrderedDict()
         self._bytes = 0
-        self.hits = self.misses = self.evictions = 0
+        self.metrics = CacheMetrics()
 
     def get(self, image_id: str) -> Optional[EmbeddingRef]:
         entry = self._entries.get(image_id)
         if entry is None:
-            self.misses += 1
+            self.metrics.misses.inc()
             return None
         self._entries.move_to_end(image_id)
-        self.hits += 1
+        self.metrics.hits.inc()
         return entry
 
     def put(self, entry: EmbeddingRef) -> None:
@@ -38,13 +39,24 @@ class EmbeddingCache:
         while self._bytes > self.max_bytes:
             _, old = self._entries.popitem(last=False)
             self._bytes -= old.nbytes
-            self.evictions += 1
+            self.metrics.evictions.inc()
+        self._held()
 
     def discard(self, image_id: str) -> None:
         old = self._entries.pop(image_id, None)
         if old is not None:
             self._bytes -= old.nbytes
+            self._held()
+
+    def check_health(self) -> None:
+        """Serve's periodic health check: nothing here can hang; it re-reports the gauges (``metrics.refresh``)."""
+        self.metrics.refresh()
+
+    def _held(self) -> None:
+        self.metrics.bytes.set(self._bytes)
+        self.metrics.entries.set(len(self._entries))
 
     def stats(self) -> dict:
+        m = self.metrics
         return {"entries": len(self._entries), "bytes": self._bytes, "max_bytes": self.max_bytes,
-                "hits": self.hits, "misses": self.misses, "evictions": self.evictions}
+                "hits": m.hits.value, "misses": m.misses.value, "evictions": m.evictions.value}

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import time
 
 import ray
 from ray import serve
 
 from sam2_serve.common.types import EmbeddingRef, EncodeRequest
+from sam2_serve.deployments.metrics import EncoderMetrics
 from sam2_serve.deployments.replica import TorchThread, load_for_replica
 from sam2_serve.models.image import ImageModel
 
@@ -24,8 +24,10 @@ class ImageEncoder:
 
     def __init__(self, model: str, checkpoint: str | None = None, device: str = "auto", dtype: str = "float32",
                  max_batch_size: int = 4, batch_wait_timeout_s: float = 0.02, torch_threads: int | None = None,
-                 cpu_max_batch_size: int = 1, checkpoint_sha256: str | None = None):
+                 cpu_max_batch_size: int = 1, checkpoint_sha256: str | None = None,
+                 stuck_after_s: float | None = None):
         self.torch = TorchThread()
+        self.stuck_after_s = stuck_after_s
         self.model = ImageModel(self.torch.call(load_for_replica, model, checkpoint, device, dtype, torch_threads,
                                                 expected_sha256=checkpoint_sha256))
         if self.model.loaded.device.type == "cpu":
@@ -35,18 +37,15 @@ class ImageEncoder:
         logger.info("ImageEncoder on %s: up to %d images per forward pass", self.model.loaded.device, max_batch_size)
         self.encode.set_max_batch_size(max_batch_size)
         self.encode.set_batch_wait_timeout_s(batch_wait_timeout_s)
-        self.images_encoded = 0
-        self.batches = 0
-        self.forward_s = 0.0
+        self.metrics = EncoderMetrics()
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.02)
     async def encode(self, requests: list[EncodeRequest]) -> list[EmbeddingRef]:
         """Encode a batch (Serve gathers concurrent single-image calls into ``requests``)."""
-        start = time.perf_counter()
-        embeddings = await self.torch.run(self.model.encode, [r.rgb for r in requests], [r.image_id for r in requests])
-        self.forward_s += time.perf_counter() - start
-        self.images_encoded += len(requests)
-        self.batches += 1
+        embeddings = await self.torch.run(self.metrics.forward.timed(self.model.encode), [r.rgb for r in requests],
+                                          [r.image_id for r in requests])
+        self.metrics.images.inc(len(requests))
+        self.metrics.batch_size.observe(len(requests))
         return [EmbeddingRef(e.image_id, e.orig_hw, e.nbytes, ray.put(e)) for e in embeddings]
 
     def info(self) -> dict:
@@ -55,6 +54,11 @@ class ImageEncoder:
         return {"name": loaded.spec.name, "checkpoint_sha256": loaded.sha256, "device": str(loaded.device),
                 "dtype": loaded.dtype, "image_size": self.model.image_size}
 
+    def check_health(self) -> None:
+        """Serve's periodic health check: fails when the torch thread is dead or stuck (``TorchThread``)."""
+        self.torch.check_health(self.stuck_after_s)
+
     def stats(self) -> dict:
-        """Counters for tests and monitoring: images encoded, forward passes, and seconds spent in them."""
-        return {"images_encoded": self.images_encoded, "batches": self.batches, "forward_s": self.forward_s}
+        """Counters for tests (the exported metrics' values): images encoded, forward passes, seconds in them."""
+        m = self.metrics
+        return {"images_encoded": m.images.value, "batches": m.forward.count, "forward_s": m.forward.sum}

@@ -1,5 +1,5 @@
 """What the model deployments share: model construction (in the replica, not at import) and the one thread that
-runs a replica's torch work (and hands freed memory back when idle)."""
+runs a replica's torch work (and hands freed memory back when idle, and tells Serve's health check when it is stuck)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,18 @@ import concurrent.futures
 import ctypes
 import functools
 import itertools
+import logging
 import os
 import queue
 import threading
+import time
 from typing import Any, Callable, Optional
 
 import torch
 
 from sam2_serve.models.loader import LoadedModel, load_model
+
+logger = logging.getLogger("ray.serve")
 
 
 def load_for_replica(model: str, checkpoint: str | None, device: str, dtype: str, torch_threads: int | None = None,
@@ -44,6 +48,10 @@ class TorchThread:
     creeps up under mixed load without being in use. Once the thread has had no job for ``trim_after_s``, it calls
     ``malloc_trim(0)`` itself (once per idle spell), which hands that memory back; the next job pays some page
     faults. None, or a libc without ``malloc_trim``, turns it off.
+
+    Health: ``check_health(stuck_after_s)`` raises ``TorchThreadUnhealthy`` when the thread has died or its current
+    job has run longer than ``stuck_after_s`` seconds (a hung CUDA call, a deadlock): the model deployments call it
+    from Serve's periodic ``check_health``, so Serve replaces such a replica instead of routing requests to it.
     """
 
     INTERACTIVE, BULK = 0, 1
@@ -54,7 +62,9 @@ class TorchThread:
         self._trim = _malloc_trim() if trim_after_s is not None else None
         self._trim_after_s = trim_after_s
         self.trims = 0
-        threading.Thread(target=self._work, name=name, daemon=True).start()
+        self._job_started: Optional[float] = None  # time.monotonic() when the running job began; None when idle
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
 
     def _work(self) -> None:
         trimmed = True  # nothing to hand back before the first job
@@ -69,10 +79,13 @@ class TorchThread:
                 continue
             trimmed = False
             if future.set_running_or_notify_cancel():
+                self._job_started = time.monotonic()
                 try:
                     future.set_result(fn())
                 except BaseException as exc:  # handed to the caller
                     future.set_exception(exc)
+                finally:
+                    self._job_started = None
 
     def _submit(self, priority: int, fn: Callable[..., Any], args, kwargs) -> concurrent.futures.Future:
         future: concurrent.futures.Future = concurrent.futures.Future()
@@ -91,6 +104,28 @@ class TorchThread:
     async def run(self, fn: Callable[..., Any], *args: Any, priority: int = INTERACTIVE, **kwargs: Any) -> Any:
         """Run ``fn`` on the torch thread without blocking the event loop."""
         return await self.submit(fn, *args, priority=priority, **kwargs)
+
+    def busy_s(self) -> float:
+        """Seconds the running job has taken so far; 0 when the thread is idle."""
+        started = self._job_started
+        return 0.0 if started is None else time.monotonic() - started
+
+    def check_health(self, stuck_after_s: Optional[float]) -> None:
+        """Raise ``TorchThreadUnhealthy`` (and log why) when the thread is dead, or its current job has run longer
+        than ``stuck_after_s`` seconds (None: no bound). Cheap: reads two fields, never waits for the thread."""
+        if not self._thread.is_alive():
+            problem = f"the torch thread {self._thread.name!r} has died: no model work can run on this replica"
+        elif stuck_after_s is not None and self.busy_s() > stuck_after_s:
+            problem = (f"the torch thread has run its current job for {self.busy_s():.1f} s, more than "
+                       f"stuck_after_s={stuck_after_s:g} s: it is stuck (or the bound is too low for this work)")
+        else:
+            return
+        logger.warning("health check failed: %s", problem)
+        raise TorchThreadUnhealthy(problem)
+
+
+class TorchThreadUnhealthy(RuntimeError):
+    """Raised by ``check_health`` for Serve's replica health check (not a request error: no client sees it)."""
 
 
 def _malloc_trim():

@@ -30,6 +30,7 @@ from sam2_serve.common.schemas import SessionPromptRequest
 from sam2_serve.common.types import TrackedFrame, VideoInfo, VideoObjectPrompt
 from sam2_serve.common.video_prompts import check_limits, regions_to_prompts
 from sam2_serve.common.videos import FrameReader
+from sam2_serve.deployments.metrics import TrackerMetrics
 from sam2_serve.deployments.ray_internals import replica_tag, replica_tag_of, session_id_of
 from sam2_serve.deployments.replica import TorchThread, load_for_replica
 
@@ -81,10 +82,12 @@ class VideoTracker:
 
     def __init__(self, model: str, checkpoint: str | None = None, device: str = "auto", dtype: str = "float32",
                  torch_threads: int | None = None, hydra_overrides: Sequence[str] = (),
-                 session_ttl_s: float = 600.0, max_sessions: int = 8, checkpoint_sha256: str | None = None):
+                 session_ttl_s: float = 600.0, max_sessions: int = 8, checkpoint_sha256: str | None = None,
+                 stuck_after_s: float | None = None):
         from sam2_serve.models.video import VideoModel
 
         self.torch = TorchThread()
+        self.stuck_after_s = stuck_after_s
         loaded = self.torch.call(load_for_replica, model, checkpoint, device, dtype, torch_threads, video=True,
                                  hydra_overrides=list(hydra_overrides), expected_sha256=checkpoint_sha256)
         self.model = VideoModel(loaded)
@@ -93,9 +96,7 @@ class VideoTracker:
         self.tag = replica_tag() or "local" + secrets.token_hex(4)  # "local...": built without Ray
         self._sessions: dict[str, _Session] = {}
         self._gone: OrderedDict[str, str] = OrderedDict()  # recently ended session id -> why
-        self.streams_active = 0
-        self.streams_started = 0
-        self.frames_tracked = 0
+        self.metrics = TrackerMetrics()
 
     # ---- generate ---------------------------------------------------------------------------------------------
 
@@ -105,19 +106,25 @@ class VideoTracker:
         On cancellation (client disconnected) the frame in flight finishes in its thread and nothing further is
         computed; resources are released after that step, never under it.
         """
-        self.streams_active += 1
+        m = self.metrics
+        m.streams_started.inc()
+        m.streams.set(m.streams.value + 1)
+        step = m.frame.timed(_next, counts=lambda frame: frame is not None)  # the stream's end is no frame
         pending = None
         try:
             while True:
-                pending = self.torch.submit(_next, iterator, priority=TorchThread.BULK)
+                pending = self.torch.submit(step, iterator, priority=TorchThread.BULK)
                 frame = await asyncio.shield(pending)
                 pending = None
                 if frame is None:
                     return
-                self.frames_tracked += 1
+                m.frames.inc()
                 yield frame
+        except (GeneratorExit, asyncio.CancelledError):  # the caller went away before the last frame
+            m.streams_cancelled.inc()
+            raise
         finally:
-            self.streams_active -= 1
+            m.streams.set(m.streams.value - 1)
             if pending is not None and not pending.done():
                 pending.add_done_callback(lambda _: on_close())
             else:
@@ -127,7 +134,6 @@ class VideoTracker:
                        start_frame: int = 0, max_frames: Optional[int] = None,
                        with_logits: bool = False) -> AsyncIterator[TrackedFrame]:
         """Stream ``TrackedFrame``s for frames ``start_frame ..`` (prompts validated by the caller, in pixels)."""
-        self.streams_started += 1
         reader = FrameReader(video, info)
         stream = self.model.track(reader, prompts, start_frame, max_frames, with_logits)
         frames = self._stream(stream, stream.close)
@@ -149,6 +155,7 @@ class VideoTracker:
         s = self._sessions.pop(session_id, None)
         if s is not None:
             s.session.close()
+            self.metrics.sessions.set(len(self._sessions))
         self._gone[session_id] = why
         while len(self._gone) > 10_000:
             self._gone.popitem(last=False)
@@ -178,6 +185,7 @@ class VideoTracker:
         now = time.monotonic()
         ttl = min(ttl_s or self.session_ttl_s, self.session_ttl_s)
         self._sessions[session_id] = _Session(session, info, now, ttl)
+        self.metrics.sessions.set(len(self._sessions))
         return {"session_id": session_id, "width": info.width, "height": info.height,
                 "num_frames": info.num_frames, "fps": info.fps, "ttl_s": ttl}
 
@@ -253,9 +261,17 @@ class VideoTracker:
                 "num_frames": s.info.num_frames, "fps": s.info.fps, "ttl_s": s.ttl_s,
                 "track_ids": s.session.track_ids}
 
-    def stats(self) -> dict:
-        """Counters for tests and monitoring."""
+    def check_health(self) -> None:
+        """Serve's periodic health check: fails when the torch thread is dead or stuck (``TorchThread``). Also
+        ends expired sessions, so that they free their memory on time, and re-reports the gauges."""
+        self.torch.check_health(self.stuck_after_s)
         self._expire()
-        return {"replica": self.tag, "sessions": len(self._sessions), "streams_active": self.streams_active,
-                "streams_started": self.streams_started, "frames_tracked": self.frames_tracked,
-                "session_ids": list(self._sessions)}
+        self.metrics.refresh()
+
+    def stats(self) -> dict:
+        """Counters for tests (the exported metrics' values)."""
+        self._expire()
+        m = self.metrics
+        return {"replica": self.tag, "sessions": len(self._sessions), "streams_active": m.streams.value,
+                "streams_started": m.streams_started.value, "frames_tracked": m.frames.value,
+                "streams_cancelled": m.streams_cancelled.value, "session_ids": list(self._sessions)}

@@ -1,9 +1,9 @@
 """What every API route goes through, and the one place errors become HTTP statuses.
 
 ``GuardedRoute``: the API key (before the body is read), the request timeout, Ray failures mapped to retryable
-503s, and one log line per request with its id and sizes (never the content). ``ServiceError``s
-(``sam2_serve.common.errors``) carry their own status; anything else is logged with the request id and answered
-500 without internals (``install_error_handlers``).
+503s, one log line per request with its id and sizes (never the content), and the request counted by route and
+status (``sam2_requests_total``). ``ServiceError``s (``sam2_serve.common.errors``) carry their own status; anything
+else is logged with the request id and answered 500 without internals (``install_error_handlers``).
 """
 
 from __future__ import annotations
@@ -100,9 +100,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
 class GuardedRoute(APIRoute):
     """Every API route: API-key check (before the body is read), the request timeout, Ray failures mapped to
-    retryable errors, and one log line with the request id and sizes (never the content).
+    retryable errors, one log line with the request id and sizes (never the content), and one count by route
+    template, method and status (``app.state.request_metrics``, a ``RequestMetrics``).
 
-    ``/healthz`` stays open. Settings come from the ingress the app was built for (``app.state.ingress``).
+    ``/healthz`` stays open (and unlogged: probes call it). Settings come from the ingress the app was built for
+    (``app.state.ingress``).
     """
 
     OPEN_PATHS = frozenset({"/healthz"})
@@ -130,7 +132,14 @@ class GuardedRoute(APIRoute):
             except ServiceError as exc:
                 status = exc.status
                 raise
+            except RequestValidationError:  # answered 400 by install_error_handlers
+                status = 400
+                raise
+            except asyncio.CancelledError:  # the client went away first (nginx's "client closed request")
+                status = 499
+                raise
             finally:
+                request.app.state.request_metrics.count(self.path, request.method, status)
                 if not is_open:
                     logger.info("request %s %s %s: status %s, body %s bytes in, %s bytes out, %.0f ms",
                                 request_id(), request.method, self.path, status,

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from sam2_serve import __version__
 from sam2_serve.common import schemas
 from sam2_serve.common.wire import frame_json, predict_json, segment_json
+from sam2_serve.deployments.metrics import RequestMetrics
 from sam2_serve.http.bodies import image_request, video_request
 from sam2_serve.http.guard import GuardedRoute, install_error_handlers, stream_error_line
 from sam2_serve.http.openapi import body_doc, docs_app, install_openapi
@@ -33,6 +34,7 @@ def build_http_app(ingress) -> FastAPI:
         description="SAM 2.1 served: prompted masks (predict), automatic masks (segment_anything), video tracking.",
         responses={code: {"model": schemas.ErrorResponse} for code in (400, 404, 413, 422)})
     app.state.ingress = ingress
+    app.state.request_metrics = RequestMetrics()  # counted by GuardedRoute
     app.router.route_class = GuardedRoute
     install_error_handlers(app)
     install_openapi(app)

@@ -33,7 +33,8 @@ def ray_cluster():
     import ray
 
     # 4 logical CPUs on a 2-core machine: replicas take fractional shares; torch threads are set separately.
-    ray.init(num_cpus=4, include_dashboard=False, namespace="sam2-serve-tests",
+    # Ray's Prometheus endpoint on a free port (ray.nodes()[i]["MetricsExportPort"]): test_observability scrapes it.
+    ray.init(num_cpus=4, include_dashboard=False, namespace="sam2-serve-tests", _metrics_export_port=free_port(),
              runtime_env={"env_vars": {"RAY_SERVE_LOG_TO_STDERR": "0"}})
     yield ray
     ray.shutdown()

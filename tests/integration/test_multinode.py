@@ -34,6 +34,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAY = ROOT / "k8s" / "overlays" / "single-gpu"
+API_KEY = "multinode-test-key-" + "0" * 24
 
 _spec = importlib.util.spec_from_file_location("render_k8s", ROOT / "scripts" / "render_k8s.py")
 render = importlib.util.module_from_spec(_spec)
@@ -117,6 +118,10 @@ def scaled_down(serve_v2: dict, checkpoint: Path, port: int) -> dict:
             if "torch_threads" in _placement_fields(key):
                 placement["torch_threads"] = 1  # two cores for the whole cluster
     app["args"] = args
+    # In the cluster the key comes from the Secret (k8s/base/secret.yaml) as this environment variable.
+    assert args["auth"]["required"], "production must refuse to start without a key"
+    env = app.setdefault("runtime_env", {}).setdefault("env_vars", {})
+    env[args["auth"]["api_key_env"]] = API_KEY
     return config
 
 
@@ -176,13 +181,15 @@ def test_rayservice_config_on_a_multinode_cluster(cluster, tiny_checkpoint, groc
     assert set(deployed["replicas"]) >= {d["name"] for d in app["deployments"]}
 
     base = f"http://127.0.0.1:{port}"
-    models = requests.get(f"{base}/v1/models", timeout=60)
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    assert requests.get(f"{base}/v1/models", timeout=60).status_code == 401  # auth.required is in force
+    models = requests.get(f"{base}/v1/models", headers=auth, timeout=60)
     assert models.status_code == 200, models.text
     assert models.json()[0]["device"] == "cpu"  # torch fell back: the GPU is only logical
 
     image = groceries_path.read_bytes()
     body = {"image": {"base64": base64.b64encode(image).decode()}, "regions": [{"point": [0.5, 0.5]}]}
-    r = requests.post(f"{base}/v1/predict", json=body, timeout=300)
+    r = requests.post(f"{base}/v1/predict", json=body, headers=auth, timeout=300)
     assert r.status_code == 200, r.text
     http = r.json()
     assert (http["width"], http["height"]) == (800, 534) and len(http["regions"]) == 1

@@ -134,13 +134,15 @@ def _guarded_app(exc: BaseException | None = None, sleep_s: float = 0.0, timeout
     """A FastAPI app whose one route uses the ingress's route class and error handlers."""
     from types import SimpleNamespace
 
+    from sam2_serve.deployments.metrics import RequestMetrics
     from sam2_serve.http.guard import GuardedRoute, install_error_handlers
 
     app = FastAPI()
     app.router.route_class = GuardedRoute
     install_error_handlers(app)
-    # The settings GuardedRoute reads of the ingress it guards.
+    # The settings GuardedRoute reads of the ingress it guards, and where it counts requests.
     app.state.ingress = SimpleNamespace(api_keys=ApiKeys([]), request_timeout_s=timeout_s, retry_after_s=3)
+    app.state.request_metrics = RequestMetrics()
 
     @app.post("/work")
     async def work():

@@ -1,7 +1,8 @@
 """The manifests under k8s/ are valid, strictly, and agree with serve_config.yaml, the Dockerfile and each other.
 
 KubeRay objects are checked against the KubeRay CRDs (``tests/data/kuberay`` or ``$SAM2_SERVE_KUBERAY_CRDS``) with
-unknown fields rejected, as kubeconform does; core objects against Kubernetes' own schemas (kubernetes-validate,
+unknown fields rejected, as kubeconform does; the PodMonitor against the part of the Prometheus Operator's CRD it
+may use (``tests/podmonitor.py``, strict); core objects against Kubernetes' own schemas (kubernetes-validate,
 offline, strict). ``spec.serveConfigV2`` is a string to the CRD: it is parsed and checked with Ray's schema.
 """
 
@@ -21,6 +22,7 @@ import pytest
 import ray
 import yaml
 
+from tests.podmonitor import PODMONITOR_SCHEMA
 from tests.strict_serve import serve_config_problems
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,13 +73,16 @@ def crd_validators() -> dict[str, jsonschema.protocols.Validator]:
         (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
         schema = strict_schema(v1["schema"]["openAPIV3Schema"])
         validators[kind] = jsonschema.Draft7Validator(schema)
+    validators["PodMonitor"] = jsonschema.Draft7Validator(strict_schema(PODMONITOR_SCHEMA))
     return validators
 
 
 def validate(obj: dict, crd_validators) -> None:
     """Raise ``jsonschema.ValidationError`` / ``kubernetes_validate.ValidationError`` if ``obj`` is invalid."""
     kind = obj["kind"]
-    if kind in crd_validators:
+    if kind == "PodMonitor":
+        crd_validators[kind].validate(obj)
+    elif kind in crd_validators:
         assert obj["apiVersion"] == "ray.io/v1", f"{kind} must use ray.io/v1"
         crd_validators[kind].validate(obj)
         for template in _pod_templates(obj):  # the pod specs once more, against Kubernetes' own schema
@@ -259,7 +264,7 @@ def _matches(selector: dict, labels: dict) -> bool:
 @pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=_id)
 def test_network_policy_closes_ray_ports(directory, built):
     """Every Ray pod is selected by the NetworkPolicy; Ray's ports admit only Ray pods (and the operator on the
-    dashboard port); the Serve port is the one port open to everyone."""
+    dashboard port, Prometheus on the metrics port); the Serve port is the one port open to everyone."""
     objects = built[_id(directory)]
     rs = _rayservice(objects)
     (policy,) = [o for o in objects if o["kind"] == "NetworkPolicy"]
@@ -276,10 +281,10 @@ def test_network_policy_closes_ray_ports(directory, built):
         elif not ports:  # every port: only from pods of this service's Ray clusters
             assert peers and all(set(p) == {"podSelector"} and any(_matches(p["podSelector"], labels)
                                                                      for labels in pods) for p in peers), rule
-        else:
-            assert ports == {8265}, rule  # the operator talks to the dashboard
-            assert all(p["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "kuberay-operator"}
-                       for p in peers), rule
+        else:  # the operator talks to the dashboard, Prometheus scrapes the metrics port
+            peer = {8265: "kuberay-operator", 8080: "prometheus"}.get(min(ports)) if len(ports) == 1 else None
+            assert peer, rule
+            assert all(p["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": peer} for p in peers), rule
 
 
 # ---- serveConfigV2: one source of truth --------------------------------------------------------------------------

@@ -73,3 +73,52 @@ def test_torch_thread_hands_exceptions_to_the_caller():
     with pytest.raises(ZeroDivisionError):
         asyncio.run(main())
     assert torch_thread.call(lambda: "still working") == "still working"
+
+
+# ---- health: what Serve's check_health of the model replicas asks of their torch thread ----------------------------
+
+
+def test_health_fails_while_a_job_is_stuck_past_the_bound_and_recovers_when_it_ends():
+    from sam2_serve.deployments.replica import TorchThreadUnhealthy
+
+    torch_thread = TorchThread(trim_after_s=None)
+    torch_thread.check_health(0.05)  # idle: healthy, whatever the bound
+    assert torch_thread.busy_s() == 0.0
+    gate, started = threading.Event(), threading.Event()
+    done = torch_thread._submit(TorchThread.INTERACTIVE, lambda: (started.set(), gate.wait()), (), {})
+    started.wait()
+    torch_thread.check_health(60.0)  # busy, but not for longer than the bound
+    torch_thread.check_health(None)  # no bound: never stuck
+    _wait_until(lambda: torch_thread.busy_s() > 0.1)
+    with pytest.raises(TorchThreadUnhealthy, match=r"current job for \d+\.\d s, more than stuck_after_s=0\.1 s"):
+        torch_thread.check_health(0.1)  # wedged: the job blocks on an Event nobody sets
+    gate.set()
+    done.result()
+    torch_thread.check_health(0.1)  # the job finished: healthy again, and the thread still works
+    assert torch_thread.busy_s() == 0.0
+    assert torch_thread.call(lambda: 7) == 7
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the death is on purpose
+def test_health_fails_when_the_thread_died():
+    from sam2_serve.deployments.replica import TorchThreadUnhealthy
+
+    torch_thread = TorchThread(trim_after_s=0.01)
+    torch_thread.check_health(1.0)
+
+    def broken_trim(_):  # a bug in the thread's own loop (not in a job, whose errors go to its caller)
+        raise RuntimeError("boom")
+
+    torch_thread._trim = broken_trim
+    torch_thread.call(lambda: None)  # the loop now waits trim_after_s, then calls the broken trim and dies
+    _wait_until(lambda: not torch_thread._thread.is_alive())
+    with pytest.raises(TorchThreadUnhealthy, match="has died"):
+        torch_thread.check_health(None)
+
+
+def _wait_until(condition) -> None:
+    """Poll ``condition`` (no deadline of its own: pytest-timeout bounds a test that would hang)."""
+    import time
+
+    while not condition():
+        time.sleep(0.01)

@@ -128,3 +128,24 @@ def test_model_replicas_keep_activations_in_the_heap_and_io_replicas_mmap_large_
     envs = _envs(bind_app({"device": "cpu", "replica_env": {"MALLOC_MMAP_MAX_": "65536", "X": "1"}}))
     assert envs["MaskDecoder"]["MALLOC_MMAP_MAX_"] == "65536" and envs["SAM2Ingress"]["X"] == "1"
     assert envs["MaskDecoder"]["MALLOC_ARENA_MAX"] == "1" and envs["MaskDecoder"]["X"] == "1"
+
+
+def test_logs_json_and_health_checks_come_from_the_args():
+    from ray.serve._private.build_app import build_app as build_serve_app
+
+    from sam2_serve.deployments.app import ModelPlacement, _options, bind_app
+
+    deps = {d.name: d for d in build_serve_app(bind_app({"device": "cpu", "encoder": {"stuck_after_s": 5},
+                                                         "tracker": {"stuck_after_s": None}}), name="sam2").deployments}
+    assert {name: d.logging_config["encoding"] for name, d in deps.items()} == dict.fromkeys(deps, "JSON")
+    assert deps["ImageEncoder"].init_kwargs["stuck_after_s"] == 5 and deps["MaskDecoder"].init_kwargs[
+        "stuck_after_s"] == 300 and deps["VideoTracker"].init_kwargs["stuck_after_s"] is None
+    text = build_serve_app(bind_app({"device": "cpu", "logging": {"encoding": "TEXT", "log_level": "DEBUG"}}),
+                           name="sam2").deployments
+    assert {(d.logging_config["encoding"], d.logging_config["log_level"]) for d in text} == {("TEXT", "DEBUG")}
+    options = _options(ModelPlacement(health_check_period_s=2, health_check_timeout_s=7), gpu=False)
+    assert (options["health_check_period_s"], options["health_check_timeout_s"]) == (2, 7)
+
+
+def test_serve_config_logs_json(serve_config):
+    assert serve_config["applications"][0]["args"]["logging"]["encoding"] == "JSON"
