@@ -29,8 +29,9 @@ class _ReadLog(dict):
         return super().__getitem__(key)
 
 
-def _tracked_state(P, frames_dir):  # noqa: F811
-    """A click on frame 0, frames 1-2 tracked with our per-frame step, frame 2 recorded as tracked."""
+def _tracked_state(P, frames_dir, correct_on=()):  # noqa: F811
+    """A click on frame 0, frames 1-2 tracked with our per-frame step and recorded as tracked (the latest one
+    only), a negative click on each frame of ``correct_on`` as it is the latest, as a live stream does."""
     state = _init_state(P, frames_dir)
     with torch.inference_mode():
         P.add_new_points_or_box(state, 0, "a", **_POINT)
@@ -38,6 +39,9 @@ def _tracked_state(P, frames_dir):  # noqa: F811
         for f in (1, 2):
             si.track_object(P, state, 0, f)
             si.record_tracked(state, f)
+            if f in correct_on:
+                P.add_new_points_or_box(state, f, "a", **_NEGATIVE)
+                si.consolidate_prompts(P, state)
     return state
 
 
@@ -60,12 +64,9 @@ def test_record_tracked_makes_a_prompt_a_correction_as_after_propagation(video_m
 
 def test_prune_inputs_keeps_what_sam2_reads(video_model, frames_dir):  # noqa: F811
     P = video_model
-    state = _tracked_state(P, frames_dir)
-    with torch.inference_mode():
-        P.add_new_points_or_box(state, 1, "a", **_NEGATIVE)  # a correction on an earlier frame: not conditioning
-        P.add_new_points_or_box(state, 2, "a", **_NEGATIVE)
-        si.consolidate_prompts(P, state)
+    state = _tracked_state(P, frames_dir, correct_on=(1, 2))  # corrections: not conditioning frames
     assert sorted(state["point_inputs_per_obj"][0]) == [0, 1, 2]
+    assert sorted(state["output_dict_per_obj"][0]["cond_frame_outputs"]) == [0]
     si.prune_inputs(state, 2)
     assert sorted(state["point_inputs_per_obj"][0]) == [0, 2], why(
         "prune_inputs", f"kept prompts of frames {sorted(state['point_inputs_per_obj'][0])}, not [0, 2]")
