@@ -13,5 +13,5 @@ from sam2_serve.client import (AuthenticationError, ClientError, Concept, Connec
                                ServerBusy, ServerError, ServiceUnavailable, Session, StreamError, Video, __version__)
 
 __all__ = ["Model", "Regions", "Session", "FrameStream", "LiveStream", "LiveFrame", "Image", "Video", "Region",
-           "Concept", "Frame", "Sam2ServeError", "ClientError", "AuthenticationError", "ServerError", "ServiceUnavailable", "ServerBusy",
-           "StreamError", "RequestTimeout", "ConnectionFailed", "__version__"]
+           "Concept", "Frame", "Sam2ServeError", "ClientError", "AuthenticationError", "ServerError",
+           "ServiceUnavailable", "ServerBusy", "StreamError", "RequestTimeout", "ConnectionFailed", "__version__"]

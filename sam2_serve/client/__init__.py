@@ -11,5 +11,5 @@ from sam2_serve.client.model import FrameStream, Model, Regions, Session, __vers
 from sam2_serve.client.types import Concept, Frame, Image, Region, Video
 
 __all__ = ["Model", "Regions", "Session", "FrameStream", "LiveStream", "LiveFrame", "Image", "Video", "Region",
-           "Concept", "Frame", "Sam2ServeError", "ClientError", "AuthenticationError", "ServerError", "ServiceUnavailable", "ServerBusy",
-           "StreamError", "RequestTimeout", "ConnectionFailed", "__version__"]
+           "Concept", "Frame", "Sam2ServeError", "ClientError", "AuthenticationError", "ServerError",
+           "ServiceUnavailable", "ServerBusy", "StreamError", "RequestTimeout", "ConnectionFailed", "__version__"]

@@ -45,7 +45,8 @@ class LiveFrame(Frame):
     def from_json(cls, data: dict) -> "LiveFrame":
         frame = cls(regions=[Region.from_json(r) for r in data.get("regions", [])], time=data.get("time"),
                     index=data["index"])
-        frame.kind, frame.skipped, frame.id, frame.raw = data["type"], list(data.get("skipped", [])), data.get("id"), data
+        frame.kind, frame.skipped = data["type"], list(data.get("skipped", []))
+        frame.id, frame.raw = data.get("id"), data
         return frame
 
 
