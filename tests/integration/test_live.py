@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 
 import numpy as np
 import pytest
@@ -92,6 +93,14 @@ def live_streams(deployment_handle) -> int:
     from tests.integration.test_generate import tracker_stats
 
     return sum(s["live_streams"] for s in tracker_stats(deployment_handle).values())
+
+
+def wait_released(deployment_handle, count: int) -> None:
+    """Until the trackers hold ``count`` live streams (a closed connection's stream is released just after)."""
+    deadline = time.monotonic() + 60
+    while live_streams(deployment_handle) != count and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert live_streams(deployment_handle) == count
 
 
 A = {"point": [0.5, 0.55], "track_id": "a"}
@@ -230,9 +239,4 @@ def test_state_stays_flat_and_is_released(base_url, small, deployment_handle):
     assert stats[0]["state_bytes"] == stats[1]["state_bytes"] and stats[1]["features_cached"] == 1
     assert live_streams(deployment_handle) == before + 1
     live.close()  # without a close message: the connection just ends
-    import time
-
-    deadline = time.monotonic() + 60
-    while live_streams(deployment_handle) != before and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert live_streams(deployment_handle) == before
+    wait_released(deployment_handle, before)
