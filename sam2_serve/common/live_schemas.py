@@ -2,9 +2,9 @@
 
 Client -> server: **binary** messages are frames (one encoded image each: JPEG, PNG, WebP, ...; the service numbers
 them 0, 1, 2, ... in arrival order, skipped ones included); **text** messages are JSON, one of ``LiveClientMessage``
-(``type``: ``auth``, ``prompt``, ``remove``, ``reset``, ``close``). Server -> client: JSON text, one of the ``Live*Out``
-schemas below (``type``: ``ready``, ``frame``, ``prompt``, ``removed``, ``reset``, ``closed``, ``error``), in the order of
-the messages they answer.
+(``type``: ``auth``, ``prompt``, ``remove``, ``reset``, ``close``). Server -> client: JSON text, one of the
+``Live*Out`` schemas below (``type``: ``ready``, ``frame``, ``prompt``, ``removed``, ``reset``, ``closed``,
+``error``), in the order of the messages they answer.
 
 Backpressure (latest frame wins): while the tracker works on a frame, one more frame may wait; a newer frame
 arriving replaces it. A replaced frame is never decoded nor tracked, and the next frame answered lists it in
@@ -56,22 +56,15 @@ class LiveRemove(Strict):
     track_id: str = Field(min_length=1, max_length=128)
 
 
-class LiveReset(Strict):
-    """Forget every object and all memory; the next frame starts a new stream (it may have another size)."""
+class LiveControl(Strict):
+    """``reset``: forget every object and all memory; the next frame starts afresh (it may have another size).
+    ``close``: end the stream, answered by ``closed`` (with counts), then the socket closes (code 1000)."""
 
-    type: Literal["reset"]
+    type: Literal["reset", "close"]
     id: MessageId = _ID
 
 
-class LiveClose(Strict):
-    """End the stream: answered by ``closed`` (with counts), then the server closes the socket (code 1000)."""
-
-    type: Literal["close"]
-    id: MessageId = _ID
-
-
-LiveClientMessage = Annotated[Union[LiveAuth, LivePrompt, LiveRemove, LiveReset, LiveClose],
-                              Field(discriminator="type")]
+LiveClientMessage = Annotated[Union[LiveAuth, LivePrompt, LiveRemove, LiveControl], Field(discriminator="type")]
 
 
 # ---- server -> client ------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from sam2_serve.common.errors import InvalidRequest, PayloadTooLarge, ServiceError, SessionGone, Unauthorized
-from sam2_serve.common.live_schemas import LiveAuth, LiveClientMessage, LiveClose
+from sam2_serve.common.live_schemas import LiveAuth, LiveClientMessage, LiveControl
 from sam2_serve.common.schemas import MaskFormat, describe
 from sam2_serve.http.guard import as_service_error, error_body
 from sam2_serve.deployments.ray_internals import request_id
@@ -156,9 +156,13 @@ async def _read(websocket: WebSocket, queue: LiveQueue, lim, writer: asyncio.Tas
                 f"{queue.max_waiting} messages are waiting for their answers; read the answers before sending more"),
                 POLICY_VIOLATION)
             return
-        if isinstance(item.data, LiveClose):
+        if _is_close(item):
             await writer
             return
+
+
+def _is_close(item: Item) -> bool:
+    return isinstance(item.data, LiveControl) and item.data.type == "close"
 
 
 def _parse(text: str, max_bytes: int) -> Item:
@@ -180,7 +184,7 @@ async def _write(websocket: WebSocket, stream: LiveStream, queue: LiveQueue) -> 
     """Answer the queue in order; the only task that sends once the stream is ready."""
     while True:
         item = await queue.get()
-        if isinstance(item.data, LiveClose):
+        if _is_close(item):
             await websocket.send_text(json.dumps(stream.closed(item.data, queue)))
             await websocket.close(1000)
             return

@@ -20,7 +20,7 @@ import ray
 from sam2_serve.common.errors import LimitExceeded, SessionGone
 from sam2_serve.common.images import decode_image
 from sam2_serve.common.limits import Limits
-from sam2_serve.common.live_schemas import LiveClose, LivePrompt, LiveRemove, LiveReset
+from sam2_serve.common.live_schemas import LiveControl, LivePrompt, LiveRemove
 from sam2_serve.common.wire import live_frame_json
 from sam2_serve.services.video import CREATE_TRIES, VideoService
 
@@ -137,10 +137,10 @@ class LiveStream:
         if isinstance(msg, LiveRemove):
             ids = await self._call(self.live_id, "live_remove", msg.track_id)
             return {"type": "removed", "id": msg.id, "track_id": msg.track_id, "track_ids": ids}
-        if isinstance(msg, LiveReset):
+        if isinstance(msg, LiveControl) and msg.type == "reset":
             await self._call(self.live_id, "live_reset")
             return {"type": "reset", "id": msg.id}
-        raise TypeError(f"no answer for {type(msg).__name__}")  # LiveAuth/LiveClose are the connection's
+        raise TypeError(f"no answer for {msg!r}")  # auth and close are the connection's
 
     async def _frame(self, item: Item) -> dict:
         skipped, self._carry = self._carry + item.skipped, []
@@ -156,7 +156,7 @@ class LiveStream:
         self.frames_tracked += 1
         return await asyncio.to_thread(live_frame_json, frame, self.mask_format, "frame", skipped)
 
-    def closed(self, msg: Optional[LiveClose], queue: LiveQueue) -> dict:
+    def closed(self, msg: Optional[LiveControl], queue: LiveQueue) -> dict:
         return {"type": "closed", "id": msg.id if msg else None, "frames_received": queue.frames_received,
                 "frames_tracked": self.frames_tracked, "frames_skipped": queue.frames_skipped}
 
