@@ -92,7 +92,7 @@ class VideoTracker:
     def __init__(self, model: str, checkpoint: str | None = None, device: str = "auto", dtype: str = "float32",
                  torch_threads: int | None = None, hydra_overrides: Sequence[str] = (),
                  session_ttl_s: float = 600.0, max_sessions: int = 8, checkpoint_sha256: str | None = None,
-                 max_live_streams: int = 8):
+                 max_live_streams: int = 8, session_keep_frames: int | None = None):
         from sam2_serve.models.video import VideoModel
 
         self.torch = TorchThread()
@@ -101,6 +101,7 @@ class VideoTracker:
         self.model = VideoModel(loaded)
         self.session_ttl_s = float(session_ttl_s)
         self.max_sessions = int(max_sessions)
+        self.session_keep_frames = session_keep_frames  # sessions on longer videos keep bounded state
         self.tag = replica_tag() or "local" + secrets.token_hex(4)  # "local...": built without Ray
         self._sessions: dict[str, _Session] = {}
         self._gone: OrderedDict[str, str] = OrderedDict()  # recently ended session id -> why
@@ -193,7 +194,7 @@ class VideoTracker:
                                 "DELETE sessions you no longer use or retry when idle ones expire "
                                 f"({self.session_ttl_s:.0f} s)")
         session_id = f"{self.tag}{_SEP}{secrets.token_urlsafe(12)}"
-        session = self.model.open_session(FrameReader(video, info))
+        session = self.model.open_session(FrameReader(video, info), self.session_keep_frames)
         now = time.monotonic()
         ttl = min(ttl_s or self.session_ttl_s, self.session_ttl_s)
         self._sessions[session_id] = _Session(session, info, now, ttl)
@@ -219,6 +220,8 @@ class VideoTracker:
                                          set(s.session.track_ids))
             check_limits(prompts, limits.max_video_objects, limits.max_points, limits.max_prompted_frames,
                          existing_ids=s.session.track_ids)
+            for p in prompts:  # all or none: a prompt that needs dropped state (long videos) applies none
+                s.session.check_prompt(p)
             try:
                 result = None
                 for p in prompts:

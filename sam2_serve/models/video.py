@@ -149,8 +149,9 @@ class VideoModel:
         """Stream ``TrackedFrame``s for video frames ``start .. start + max_frames - 1`` (see ``TrackStream``)."""
         return TrackStream(self, reader, prompts, start, max_frames, with_logits)
 
-    def open_session(self, reader: FrameReader) -> "VideoSession":
-        return VideoSession(self, reader)
+    def open_session(self, reader: FrameReader, keep_frames: Optional[int] = None) -> "VideoSession":
+        """An interactive session; ``keep_frames``: bound its state on longer videos (``VideoSession``)."""
+        return VideoSession(self, reader, keep_frames)
 
     def live(self, width: int, height: int):
         """A ``sam2_serve.models.live.LiveTrack``: frames of ``width`` x ``height`` pixels pushed one at a time."""
@@ -312,13 +313,19 @@ class VideoSession:
     """Interactive tracking on one video: prompts answer at once, ``propagate`` streams (upstream's own methods).
 
     Keeps upstream's per-frame outputs (corrections and re-propagation read them), not the decoded video:
-    frames are decoded again when a propagation or a prompt needs them. Not thread-safe: callers serialize
+    frames are decoded again when a propagation or a prompt needs them. On a video longer than ``keep_frames``,
+    only the outputs within ``keep_frames`` of the latest propagated frame (and prompted frames) are kept, and what
+    would need a dropped one is refused (``sam2_serve.models.session_window``). Not thread-safe: callers serialize
     calls on one session (the deployment holds a per-session lock, never a global one).
     """
 
-    def __init__(self, model: VideoModel, reader: FrameReader):
+    def __init__(self, model: VideoModel, reader: FrameReader, keep_frames: Optional[int] = None):
+        from sam2_serve.models.session_window import SessionWindow
+
         self.model, self.reader = model, reader
         self.state = model.new_state(reader)
+        long = keep_frames is not None and len(reader) > keep_frames
+        self.window = SessionWindow(model, self.state, keep_frames) if long else None
 
     @property
     def num_frames(self) -> int:
@@ -335,18 +342,28 @@ class VideoSession:
 
     def add_prompt(self, p: VideoObjectPrompt) -> TrackedFrame:
         """Add points/box (or a mask) for ``p.track_id`` on ``p.frame``; that frame's masks for every object."""
+        self.check_prompt(p)
         with self.model.context():
             frame, obj_ids, logits = self.model.add_prompt(self.state, p.frame, p)
             return self._result(frame, obj_ids, logits)
 
+    def check_prompt(self, p: VideoObjectPrompt) -> None:
+        """``LimitExceeded`` when the prompt would read tracking state this session dropped (long videos)."""
+        if self.window is not None:
+            self.window.check_prompt(p.track_id, p.frame)
+
     def remove_object(self, track_id: str) -> None:
         with self.model.context():
             self.model.predictor.remove_object(self.state, track_id, strict=True, need_output=False)
+        if self.window is not None:
+            self.window.forget(track_id)
 
     def propagate(self, start: Optional[int] = None, max_frames: Optional[int] = None,
                   reverse: bool = False) -> Iterator[TrackedFrame]:
         """Upstream ``propagate_in_video`` from ``start`` (default: the first prompted frame), ``max_frames``
         frames at most, forward or backward; yields one ``TrackedFrame`` per frame."""
+        if self.window is not None:
+            self.window.check_propagate(start, reverse)
         limit = None if max_frames is None else max(0, max_frames - 1)  # upstream tracks limit + 1 frames
         gen = self.model.predictor.propagate_in_video(self.state, start_frame_idx=start,
                                                        max_frame_num_to_track=limit, reverse=reverse)
@@ -358,6 +375,8 @@ class VideoSession:
                     except StopIteration:
                         return
                     result = self._result(frame, obj_ids, logits)
+                if self.window is not None:
+                    self.window.after_frame(frame)
                 yield result
         finally:
             gen.close()
@@ -365,7 +384,8 @@ class VideoSession:
     def stats(self) -> dict:
         return {"num_frames": self.num_frames, "objects": self.track_ids,
                 "state_bytes": _tensor_bytes(sam2_internals.per_frame_tensors(self.state, inputs=False)),
-                "frames_decoded": self.reader.frames_decoded}
+                "outputs": sam2_internals.output_counts(self.state), "frames_decoded": self.reader.frames_decoded,
+                **(self.window.stats() if self.window is not None else {})}
 
     def close(self) -> None:
         sam2_internals.set_frame_features(self.state, {})
