@@ -3,6 +3,7 @@
     sam2-serve predict photo.jpg --point 0.5,0.5 --point 0.2,0.3,0 -o mask.png
     sam2-serve segment-anything photo.jpg -o masks/
     sam2-serve track clip.mp4 --point 0.5,0.5 -o overlay.mp4
+    sam2-serve live /dev/video0 --input-format v4l2 --point 0.5,0.5 -o overlay.mp4   # or a file, an RTSP URL
     sam2-serve serve serve_config.yaml     # runs the service (needs the server extra: sam2-serve[server])
 
 Coordinates are fractions of the width (x) and height (y) unless ``--pixels``. ``--url`` (default
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from sam2_serve.client import cli_live
 from sam2_serve.client.model import Model
 from sam2_serve.client.errors import Sam2ServeError
 from sam2_serve.client.types import Concept, Region
@@ -105,6 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-frames", type=int, default=None)
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    cli_live.add_parser(sub, [common, prompts])
+
     sv = sub.add_parser("serve", help="run the service from a Serve config (needs sam2-serve[server])",
                         description="Validates CONFIG, resolves the checkpoint of every sam2 application in it "
                                     "(downloading it from the Hugging Face Hub when it is not cached, with a "
@@ -123,6 +127,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _serve(args)
     try:
         with Model(args.url, api_key=args.api_key, timeout=args.timeout) as model:
+            if args.command == "live":
+                return cli_live.run(model, args, _tracked_regions(args))
             return {"predict": _predict, "segment-anything": _segment_anything, "track": _track}[args.command](
                 model, args)
     except Sam2ServeError as exc:
@@ -198,12 +204,18 @@ def _save_overlay(image_path: Path, masks, out: Path, overlay) -> None:
     PILImage.fromarray(overlay(np.asarray(rgb), masks)).save(out)
 
 
-def _track(model: Model, args) -> int:
-    from sam2_serve.client.render import video_info, write_overlay_video
-
+def _tracked_regions(args) -> list[Region]:
+    """The prompts of ``track`` and ``live``: those without @ID are object 1."""
     regions = _need_prompts(args)
     for region in regions:
         region.track_id = region.track_id or "1"
+    return regions
+
+
+def _track(model: Model, args) -> int:
+    from sam2_serve.client.render import video_info, write_overlay_video
+
+    regions = _tracked_regions(args)
     prompt_frame = args.frame if args.frame is not None else args.start_frame
     total, fps = video_info(args.video)
     if total is not None:

@@ -17,12 +17,13 @@ import json
 import os
 import random
 import time
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterable, Iterator, Optional, Union
 
 import requests
 
 from sam2_serve.client.errors import (AuthenticationError, ClientError, ConnectionFailed, RequestTimeout,
                                       Sam2ServeError, ServerError, ServiceUnavailable, StreamError)
+from sam2_serve.client.live import LiveStream
 from sam2_serve.client.types import Frame, Region, as_image_bytes, as_regions, as_video_bytes
 
 __version__ = "0.1.0"
@@ -226,6 +227,18 @@ class Model:
 
     def delete_session(self, session_id: Union[str, Session]) -> dict:
         return self._request("DELETE", f"/v1/sessions/{_sid(session_id)}").json()
+
+    def live(self, frames: Optional[Iterable[Any]] = None, prompts: Optional[dict] = None, wait: bool = True,
+             frame_format: str = "png", denormalize_coord: bool = True) -> LiveStream:
+        """Track objects in frames sent one by one over a WebSocket (a camera, a stream, a file read frame by
+        frame): ``sam2_serve.client.live``. ``frames``: an iterable of images (numpy RGB, PIL, ``Image``, bytes,
+        paths), sent as you iterate (``wait=True``: each once the previous is answered, none skipped) or as the
+        source yields them (``wait=False``: the service tracks the newest, skipped ones are reported);
+        ``prompts``: {frame index: regions}, sent right after that frame (``denormalize_coord``: their
+        coordinates are fractions of W/H, else pixels). Without ``frames``, call ``send``. ``frame_format``: how
+        arrays and PIL images travel, ``png`` (lossless) or ``jpeg`` (smaller)."""
+        return LiveStream(self.url, self.api_key, frames, prompts, wait, frame_format, MASK_FORMAT, self.timeout,
+                          self.connect_timeout, f"sam2-serve-client/{__version__}", denormalize_coord)
 
     # ---- HTTP ------------------------------------------------------------------------------------------------
 

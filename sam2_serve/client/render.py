@@ -72,6 +72,55 @@ def video_info(path: Union[str, os.PathLike]) -> tuple[Optional[int], float]:
         return (int(stream.frames) or None), float(rate)
 
 
+class OverlayVideo:
+    """An H.264 MP4 written one frame at a time: each RGB frame with a frame's masks drawn over it, one colour per
+    ``track_id`` for the whole video. Use as a context manager (``close`` finishes the file)."""
+
+    def __init__(self, out_path: Union[str, os.PathLike], fps: float):
+        import av
+
+        self._av, self.fps = av, fps
+        self._out = av.open(str(out_path), mode="w", format="mp4")
+        self._stream = None
+        self.palette: dict[str, int] = {}
+        self.written = 0
+
+    def write(self, rgb: np.ndarray, frame) -> None:
+        """``rgb`` (H, W, 3) with the masks of ``frame`` (a ``sam2_serve.Frame``) drawn over it."""
+        masks, colors = [], []
+        for region in frame.regions:
+            if region.mask is None:
+                continue
+            masks.append(region.mask)
+            colors.append(color(self.palette.setdefault(region.track_id or str(len(self.palette)),
+                                                        len(self.palette))))
+        rgb = overlay(rgb, masks, colors)
+        if self._stream is None:
+            stream = self._stream = self._out.add_stream("libx264", rate=_rate(self.fps))
+            # yuv420p (what players expect) needs even sizes: drop an odd last row/column.
+            stream.height, stream.width = rgb.shape[0] // 2 * 2, rgb.shape[1] // 2 * 2
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": "18"}  # visually lossless: thin outlines and saturated fills stay sharp
+        rgb = np.ascontiguousarray(rgb[:self._stream.height, :self._stream.width])
+        for packet in self._stream.encode(self._av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+            self._out.mux(packet)
+        self.written += 1
+
+    def close(self) -> None:
+        try:
+            if self._stream is not None:
+                for packet in self._stream.encode():
+                    self._out.mux(packet)
+        finally:
+            self._out.close()
+
+    def __enter__(self) -> "OverlayVideo":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def write_overlay_video(video_path: Union[str, os.PathLike], frames: Iterable, out_path: Union[str, os.PathLike],
                         fps: Optional[float] = None, on_frame: Optional[Callable[[int], None]] = None) -> int:
     """Render tracked ``frames`` (``sam2_serve.Frame``, in increasing ``index``) over the video's own frames and
@@ -80,47 +129,20 @@ def write_overlay_video(video_path: Union[str, os.PathLike], frames: Iterable, o
     Frames are decoded and encoded as the stream arrives, so memory stays at a few frames. ``on_frame(n)`` is
     called after each written frame. Returns the number of frames written.
     """
-    import av
-
     source = enumerate(read_frames(video_path))
     if fps is None:
         fps = video_info(video_path)[1]
-    palette: dict[str, int] = {}
-    written = 0
-    out = av.open(str(out_path), mode="w", format="mp4")
-    stream = None
-    try:
+    with OverlayVideo(out_path, fps) as out:
         for frame in frames:
             for i, rgb in source:
                 if i == frame.index:
                     break
             else:
                 raise ValueError(f"the video has no frame {frame.index}")
-            masks, colors = [], []
-            for region in frame.regions:
-                if region.mask is None:
-                    continue
-                masks.append(region.mask)
-                colors.append(color(palette.setdefault(region.track_id or str(len(palette)), len(palette))))
-            rgb = overlay(rgb, masks, colors)
-            if stream is None:
-                stream = out.add_stream("libx264", rate=_rate(fps))
-                # yuv420p (what players expect) needs even sizes: drop an odd last row/column.
-                stream.height, stream.width = rgb.shape[0] // 2 * 2, rgb.shape[1] // 2 * 2
-                stream.pix_fmt = "yuv420p"
-                stream.options = {"crf": "18"}  # visually lossless: thin outlines and saturated fills stay sharp
-            rgb = np.ascontiguousarray(rgb[:stream.height, :stream.width])
-            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                out.mux(packet)
-            written += 1
+            out.write(rgb, frame)
             if on_frame is not None:
-                on_frame(written)
-        if stream is not None:
-            for packet in stream.encode():
-                out.mux(packet)
-    finally:
-        out.close()
-    return written
+                on_frame(out.written)
+    return out.written
 
 
 def _rate(fps: float):

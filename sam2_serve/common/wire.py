@@ -80,3 +80,10 @@ def frame_json(frame: TrackedFrame, mask_format: str = "png") -> dict:
                      "box": list(o.box) if o.box is not None else None, "score": o.score}
                     for o in frame.objects],
     }
+
+
+def live_frame_json(frame: TrackedFrame, mask_format: str, kind: str = "frame", skipped: Sequence[int] = (),
+                    message_id=None) -> dict:
+    """A live stream's answer (``sam2_serve.common.live_schemas.LiveFrameOut``): ``kind`` ``frame`` for a pushed
+    frame, ``prompt`` for a prompt's answer; ``skipped``: frames dropped before it; ``message_id``: the prompt's id."""
+    return {"type": kind, **frame_json(frame, mask_format), "skipped": list(skipped), "id": message_id}

@@ -94,6 +94,12 @@ class TrackerPlacement(ModelPlacement):
                                        "tracker's model, e.g. ['++model.image_size=512'] (weights unchanged).")
     session_ttl_s: float = Field(600.0, gt=0, description="Idle seconds before a session expires (410 after).")
     max_sessions: int = Field(8, gt=0, description="Sessions one replica holds at most (422 beyond).")
+    session_keep_frames: int = Field(
+        300, ge=16, description="Sessions on videos longer than this keep each object's tracking state for this "
+        "many frames around the latest propagated frame (plus prompted frames): memory bounded in video length. A "
+        "correction or propagation that would read dropped state is refused (422) with what to do.")
+    max_live_streams: int = Field(8, gt=0, description="Live streams (WS /v1/live) one replica tracks at most; "
+                                  "each also holds one of the ingress's max_ongoing_requests while connected.")
     max_ongoing_requests: int = Field(16, gt=0, description="Concurrent streams and session calls per replica.")
 
 
@@ -223,7 +229,8 @@ def bind_app(args: AppArgs | dict, checkpoint_sha256: str | None = None) -> Appl
         request_router_config=RequestRouterConfig(request_router_class=SessionRouter),
         **_options(t, gpu, retry, model_env, log)).bind(
         **model_kwargs, torch_threads=t.torch_threads, hydra_overrides=t.hydra_overrides,
-        session_ttl_s=t.session_ttl_s, max_sessions=t.max_sessions, stuck_after_s=t.stuck_after_s)
+        session_ttl_s=t.session_ttl_s, max_sessions=t.max_sessions, stuck_after_s=t.stuck_after_s,
+        max_live_streams=t.max_live_streams, session_keep_frames=t.session_keep_frames)
     # serve.ingress() without an app: each replica builds its FastAPI app from SAM2Ingress.__serve_build_asgi_app__.
     ingress = serve.deployment(serve.ingress()(SAM2Ingress), name="SAM2Ingress",
                                **_options(a.ingress, False, retry, io_env, log)).bind(

@@ -155,9 +155,11 @@ class TrackerMetrics(_Bundle):
     streams, streams started and streams cancelled (the caller went away before the last frame)."""
 
     def __init__(self):
-        self.frames = Count("sam2_tracker_frames_total", "Video frames tracked and streamed.")
+        self.frames = Count("sam2_tracker_frames_total", "Video frames tracked and streamed (generate, "
+                            "propagate, live).")
         self.frame = Distribution("sam2_tracker_frame_seconds", "Seconds of model work per streamed frame.")
         self.sessions = Level("sam2_tracker_sessions", "Interactive sessions this replica holds.")
+        self.live_streams = Level("sam2_tracker_live_streams", "Live streams (WS /v1/live) this replica holds.")
         self.streams = Level("sam2_tracker_streams", "Streams (generate, propagate) running on this replica.")
         self.streams_started = Count("sam2_tracker_streams_started_total", "Streams started.")
         self.streams_cancelled = Count("sam2_tracker_streams_cancelled_total",

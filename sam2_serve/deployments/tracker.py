@@ -26,6 +26,7 @@ from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, R
 
 from sam2_serve.common.errors import InvalidRequest, LimitExceeded, NotFound, SessionGone, SessionNotFound
 from sam2_serve.common.limits import Limits
+from sam2_serve.common.live_schemas import LivePrompt
 from sam2_serve.common.schemas import SessionPromptRequest
 from sam2_serve.common.types import TrackedFrame, VideoInfo, VideoObjectPrompt
 from sam2_serve.common.video_prompts import check_limits, regions_to_prompts
@@ -73,6 +74,15 @@ class _Session:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
+@dataclass
+class _Live:
+    """A live stream: ``track`` (``sam2_serve.models.live.LiveTrack``) is made by the first frame."""
+
+    last_used: float
+    track: Optional[object] = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
 def _next(iterator):
     return next(iterator, None)
 
@@ -83,7 +93,8 @@ class VideoTracker:
     def __init__(self, model: str, checkpoint: str | None = None, device: str = "auto", dtype: str = "float32",
                  torch_threads: int | None = None, hydra_overrides: Sequence[str] = (),
                  session_ttl_s: float = 600.0, max_sessions: int = 8, checkpoint_sha256: str | None = None,
-                 stuck_after_s: float | None = None):
+                 stuck_after_s: float | None = None, max_live_streams: int = 8,
+                 session_keep_frames: int | None = None):
         from sam2_serve.models.video import VideoModel
 
         self.torch = TorchThread()
@@ -93,10 +104,13 @@ class VideoTracker:
         self.model = VideoModel(loaded)
         self.session_ttl_s = float(session_ttl_s)
         self.max_sessions = int(max_sessions)
+        self.session_keep_frames = session_keep_frames  # sessions on longer videos keep bounded state
         self.tag = replica_tag() or "local" + secrets.token_hex(4)  # "local...": built without Ray
         self._sessions: dict[str, _Session] = {}
         self._gone: OrderedDict[str, str] = OrderedDict()  # recently ended session id -> why
         self.metrics = TrackerMetrics()
+        self.max_live_streams = int(max_live_streams)
+        self._live: dict[str, _Live] = {}  # live streams (WS /v1/live), by id
 
     # ---- generate ---------------------------------------------------------------------------------------------
 
@@ -150,12 +164,18 @@ class VideoTracker:
         for sid, s in list(self._sessions.items()):
             if not s.lock.locked() and now - s.last_used > s.ttl_s:
                 self._end(sid, f"expired after {s.ttl_s:g} s without requests")
+        for live_id, s in list(self._live.items()):
+            if not s.lock.locked() and now - s.last_used > self.session_ttl_s:
+                self._end_live(live_id, f"expired after {self.session_ttl_s:g} s without messages")
 
     def _end(self, session_id: str, why: str) -> None:
         s = self._sessions.pop(session_id, None)
         if s is not None:
             s.session.close()
             self.metrics.sessions.set(len(self._sessions))
+        self._forget(session_id, why)
+
+    def _forget(self, session_id: str, why: str) -> None:
         self._gone[session_id] = why
         while len(self._gone) > 10_000:
             self._gone.popitem(last=False)
@@ -181,7 +201,7 @@ class VideoTracker:
                                 "DELETE sessions you no longer use or retry when idle ones expire "
                                 f"({self.session_ttl_s:.0f} s)")
         session_id = f"{self.tag}{_SEP}{secrets.token_urlsafe(12)}"
-        session = self.model.open_session(FrameReader(video, info))
+        session = self.model.open_session(FrameReader(video, info), self.session_keep_frames)
         now = time.monotonic()
         ttl = min(ttl_s or self.session_ttl_s, self.session_ttl_s)
         self._sessions[session_id] = _Session(session, info, now, ttl)
@@ -208,6 +228,8 @@ class VideoTracker:
                                          set(s.session.track_ids))
             check_limits(prompts, limits.max_video_objects, limits.max_points, limits.max_prompted_frames,
                          existing_ids=s.session.track_ids)
+            for p in prompts:  # all or none: a prompt that needs dropped state (long videos) applies none
+                s.session.check_prompt(p)
             try:
                 result = None
                 for p in prompts:
@@ -261,6 +283,98 @@ class VideoTracker:
                 "num_frames": s.info.num_frames, "fps": s.info.fps, "ttl_s": s.ttl_s,
                 "track_ids": s.session.track_ids}
 
+    # ---- live streams (WS /v1/live): frames pushed one by one; the ingress calls with the stream's id ----------
+
+    async def live_open(self) -> dict:
+        """Hold a new live stream on this replica (its tracking state is made with the first frame)."""
+        self._expire()
+        if len(self._live) >= self.max_live_streams:
+            raise LimitExceeded(f"this tracker replica already tracks {self.max_live_streams} live streams, its "
+                                "limit; retry later or close streams you no longer use")
+        live_id = f"{self.tag}{_SEP}{secrets.token_urlsafe(12)}"
+        self._live[live_id] = _Live(time.monotonic())
+        self.metrics.live_streams.set(len(self._live))
+        return {"live_id": live_id, "ttl_s": self.session_ttl_s}
+
+    def _end_live(self, live_id: str, why: str) -> None:
+        s = self._live.pop(live_id, None)
+        if s is not None and s.track is not None:
+            s.track.close()
+        self.metrics.live_streams.set(len(self._live))
+        self._forget(live_id, why)
+
+    async def _live_step(self, live_id: str, fn, *args):
+        """Run ``fn(stream, *args)`` on the torch thread, one step of a stream at a time."""
+        self._expire()
+        s = self._live.get(live_id)
+        if s is None:
+            why = self._gone.get(live_id, "is unknown here: the tracker replica that held it is gone")
+            raise SessionGone(f"live stream {why}; open a new connection")
+        async with s.lock:
+            try:
+                return await self._in_thread(fn, s, *args)
+            finally:
+                s.last_used = time.monotonic()
+
+    async def live_frame(self, live_id: str, rgb, index: int, time_s: float) -> TrackedFrame:
+        """Track the stream's objects on its next frame, RGB uint8 (H, W, 3); ``index``/``time_s`` label it."""
+        def step(s: _Live):
+            if s.track is None:
+                s.track = self.model.live(rgb.shape[1], rgb.shape[0])
+            return s.track.push(rgb, index, time_s)
+
+        frame = await self._live_step(live_id, self.metrics.frame.timed(step))
+        self.metrics.frames.inc()
+        return frame
+
+    async def live_prompt(self, live_id: str, req: LivePrompt, limits: Limits) -> TrackedFrame:
+        """Prompts on the stream's latest frame, checked against it and ``limits``; its masks for every object."""
+        def step(s: _Live):
+            track = s.track
+            if track is None or track.current is None:
+                raise InvalidRequest("no frame yet: prompts apply to the latest frame; send a frame first")
+            if req.index is not None and req.index != track.index:
+                raise InvalidRequest(f"the prompt is for frame {req.index}, but the latest frame is {track.index}: "
+                                     "prompts apply to the latest frame (send the prompt right after its frame)")
+            info = VideoInfo(track.width, track.height, track.current + 1, 0.0, 0.0, "live", "", ())
+            prompts = regions_to_prompts(track.current, req.regions, info, req.denormalize_coord,
+                                         req.clear_old_points, set(track.track_ids))
+            check_limits(prompts, limits.max_video_objects, limits.max_points, limits.max_prompted_frames,
+                         existing_ids=track.track_ids)
+            return track.add(prompts)
+
+        return await self._live_step(live_id, step)
+
+    async def live_remove(self, live_id: str, track_id: str) -> list[str]:
+        """Stop tracking ``track_id``; the ids still tracked."""
+        def step(s: _Live):
+            ids = s.track.track_ids if s.track is not None else []
+            if track_id not in ids:
+                raise NotFound(f"track_id {track_id!r} is not in this live stream; its objects are {ids}")
+            s.track.remove(track_id)
+            return s.track.track_ids
+
+        return await self._live_step(live_id, step)
+
+    async def live_reset(self, live_id: str) -> None:
+        """Forget the stream's objects and memory; the next frame starts afresh (at any size)."""
+        def step(s: _Live):
+            if s.track is not None:
+                s.track.close()
+            s.track = None
+
+        await self._live_step(live_id, step)
+
+    async def live_close(self, live_id: str) -> None:
+        s = self._live.get(live_id)
+        if s is not None:
+            async with s.lock:
+                self._end_live(live_id, "was closed")
+
+    async def live_stats(self, live_id: str) -> dict:
+        """What the stream holds (``LiveTrack.stats``), for tests and monitoring."""
+        return await self._live_step(live_id, lambda s: s.track.stats() if s.track is not None else {})
+
     def check_health(self) -> None:
         """Serve's periodic health check: fails when the torch thread is dead or stuck (``TorchThread``). Also
         ends expired sessions, so that they free their memory on time, and re-reports the gauges."""
@@ -274,4 +388,5 @@ class VideoTracker:
         m = self.metrics
         return {"replica": self.tag, "sessions": len(self._sessions), "streams_active": m.streams.value,
                 "streams_started": m.streams_started.value, "frames_tracked": m.frames.value,
-                "streams_cancelled": m.streams_cancelled.value, "session_ids": list(self._sessions)}
+                "streams_cancelled": m.streams_cancelled.value, "session_ids": list(self._sessions),
+                "live_streams": len(self._live)}

@@ -2,7 +2,8 @@
 
 ``build_http_app(ingress)`` is called once per ingress replica (``SAM2Ingress.__serve_build_asgi_app__``), so the
 app is built where it serves and nothing is changed at import. Bodies: ``bodies``; auth, timeouts, errors:
-``guard``; JSON answers: ``sam2_serve.common.wire``; OpenAPI: ``openapi``; the page at ``/``: ``web``.
+``guard``; JSON answers: ``sam2_serve.common.wire``; OpenAPI: ``openapi``; the page at ``/``: ``web``; the live
+WebSocket: ``live``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sam2_serve.common.wire import frame_json, predict_json, segment_json
 from sam2_serve.deployments.metrics import RequestMetrics
 from sam2_serve.http.bodies import image_request, video_request
 from sam2_serve.http.guard import GuardedRoute, install_error_handlers, stream_error_line
+from sam2_serve.http.live import add_live_route
 from sam2_serve.http.openapi import body_doc, docs_app, install_openapi
 from sam2_serve.http.web import add_web_routes
 
@@ -110,6 +112,7 @@ def build_http_app(ingress) -> FastAPI:
     async def delete_session(session_id: str):
         return await ingress.video.call(session_id, "delete_session")
 
+    add_live_route(app)  # WS /v1/live: its own auth (header or first message), errors as messages
     add_web_routes(app)  # public; the /v1 API it calls keeps its auth
     return app
 

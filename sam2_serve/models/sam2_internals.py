@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections import OrderedDict
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 
@@ -36,6 +36,10 @@ TOUCHES = (
     "new_inference_state", "state_frames", "video_size", "num_frames", "object_ids", "frame_features",
     "set_frame_features", "consolidate_prompts", "track_object", "video_res_masks", "frame_output", "mask_logits",
     "FRAME_OUTPUT_KEYS", "object_score", "memory_window", "prune_outputs", "output_counts", "per_frame_tensors",
+    # SAM2VideoPredictor: live streams (frames pushed one at a time, prompts on the latest frame)
+    "record_tracked", "prune_inputs",
+    # SAM2VideoPredictor: sessions on long videos (bounded state)
+    "object_frames", "drop_frames",
     # SAM2VideoPredictor: model attributes and hooks
     "fix_memory_dtype", "silence_missing_extension_warnings",
     # checkpoints
@@ -290,6 +294,65 @@ def prune_outputs(model, state: dict, next_frame: int) -> None:
             elif nc[k].get("maskmem_features") is not None:
                 nc[k] = {**dict.fromkeys(FRAME_OUTPUT_KEYS), "obj_ptr": nc[k]["obj_ptr"],
                          "object_score_logits": nc[k]["object_score_logits"]}
+
+
+def record_tracked(state: dict, frame: int) -> None:
+    """Record that every object was tracked forward on ``frame``, as ``propagate_in_video`` does for each frame it
+    yields (``frames_tracked_per_obj[obj_idx][frame] = {"reverse": False}``), keeping only this frame's record.
+
+    ``add_new_points_or_box`` / ``add_new_mask`` read the record: a prompt on a recorded frame corrects the tracked
+    mask (memory attention, the frame's mask as the decoder's previous logits); on any other frame it starts the
+    object afresh there (an initial conditioning frame). A live stream takes prompts on its latest frame only, so
+    older records are never read: keeping one per object keeps the state flat."""
+    for obj_idx in state["output_dict_per_obj"]:
+        state["frames_tracked_per_obj"][obj_idx] = {frame: {"reverse": False}}
+
+
+def prune_inputs(state: dict, before_frame: int) -> None:
+    """Drop the point and mask prompts of frames before ``before_frame`` that are not the object's conditioning
+    frames (corrections already folded into that frame's output and memory). sam2 reads an object's prompts on a
+    frame only when a new prompt arrives on that same frame (``clear_old_points=False``) and when the object is
+    removed (``remove_object`` clears its prompted frames, downgrading conditioning outputs), so prompts on frames
+    a stream has left are never read again, except on conditioning frames, which are kept."""
+    for key in ("point_inputs_per_obj", "mask_inputs_per_obj"):
+        for obj_idx, per_frame in state[key].items():
+            cond = state["output_dict_per_obj"][obj_idx]["cond_frame_outputs"]
+            for k in [k for k in per_frame if k < before_frame and k not in cond]:
+                del per_frame[k]
+
+
+class ObjectFrames(NamedTuple):
+    """An object's frames in a state: ``cond`` (prompted: conditioning outputs, also those of prompts not yet
+    consolidated), ``non_cond`` (tracked: non-conditioning outputs) and ``tracked`` (frame -> tracked in reverse,
+    as ``propagate_in_video`` recorded it)."""
+
+    cond: frozenset
+    non_cond: frozenset
+    tracked: dict
+
+
+def object_frames(state: dict, obj_idx: int) -> ObjectFrames:
+    """Which frames object ``obj_idx`` holds state on (``ObjectFrames``)."""
+    od, temp = state["output_dict_per_obj"][obj_idx], state["temp_output_dict_per_obj"][obj_idx]
+    return ObjectFrames(frozenset(od["cond_frame_outputs"]) | frozenset(temp["cond_frame_outputs"]),
+                        frozenset(od["non_cond_frame_outputs"]),
+                        {f: r["reverse"] for f, r in state["frames_tracked_per_obj"][obj_idx].items()})
+
+
+def drop_frames(state: dict, obj_idx: int, frames) -> None:
+    """Drop object ``obj_idx``'s non-conditioning outputs on ``frames``, with what belongs to them: the record that
+    the frame was tracked (``frames_tracked_per_obj``) and prompts given there (corrections, folded into the
+    output). Conditioning (prompted) frames are kept. Afterwards sam2 holds nothing of the object on those frames,
+    as if they had never been tracked: the caller must not let sam2 read them (``memory_window``) where upstream,
+    holding them, would."""
+    cond = state["output_dict_per_obj"][obj_idx]["cond_frame_outputs"]
+    parts = [state["output_dict_per_obj"][obj_idx]["non_cond_frame_outputs"],
+             state["frames_tracked_per_obj"][obj_idx], state["point_inputs_per_obj"][obj_idx],
+             state["mask_inputs_per_obj"][obj_idx]]
+    for f in frames:
+        if f not in cond:
+            for part in parts:
+                part.pop(f, None)
 
 
 def output_counts(state: dict) -> dict[str, dict[str, int]]:

@@ -40,8 +40,8 @@ from sam2_serve.models import sam2_internals
 from sam2_serve.models.loader import LoadedModel
 from sam2_serve.models.sam2_internals import fix_memory_dtype
 
-__all__ = ["IMG_MEAN", "IMG_STD", "preprocess_frame", "fix_memory_dtype", "LazyFrames", "VideoModel", "TrackStream",
-           "VideoSession"]
+__all__ = ["IMG_MEAN", "IMG_STD", "preprocess_frame", "fix_memory_dtype", "LazyFrames", "VideoModel", "FrameStepper",
+           "TrackStream", "VideoSession"]
 
 IMG_MEAN = (0.485, 0.456, 0.406)
 IMG_STD = (0.229, 0.224, 0.225)
@@ -77,6 +77,14 @@ class LazyFrames:
             raise IndexError(index)
         self.encoded[index] += 1
         return preprocess_frame(self.reader.get(self.offset + index), self.image_size).to(self.device)
+
+    @property
+    def frames_encoded(self) -> int:
+        return sum(self.encoded.values())
+
+    @property
+    def max_encodes_per_frame(self) -> int:
+        return max(self.encoded.values(), default=0)
 
 
 class VideoModel:
@@ -141,8 +149,15 @@ class VideoModel:
         """Stream ``TrackedFrame``s for video frames ``start .. start + max_frames - 1`` (see ``TrackStream``)."""
         return TrackStream(self, reader, prompts, start, max_frames, with_logits)
 
-    def open_session(self, reader: FrameReader) -> "VideoSession":
-        return VideoSession(self, reader)
+    def open_session(self, reader: FrameReader, keep_frames: Optional[int] = None) -> "VideoSession":
+        """An interactive session; ``keep_frames``: bound its state on longer videos (``VideoSession``)."""
+        return VideoSession(self, reader, keep_frames)
+
+    def live(self, width: int, height: int):
+        """A ``sam2_serve.models.live.LiveTrack``: frames of ``width`` x ``height`` pixels pushed one at a time."""
+        from sam2_serve.models.live import LiveTrack  # live builds on this module
+
+        return LiveTrack(self, width, height)
 
 
 def _tensor_bytes(obj) -> int:
@@ -153,6 +168,79 @@ def _tensor_bytes(obj) -> int:
     if isinstance(obj, (list, tuple)):
         return sum(_tensor_bytes(v) for v in obj)
     return 0
+
+
+class FrameStepper:
+    """Forward tracking one frame at a time on an ``inference_state``: the core of ``TrackStream`` (frames of a
+    file) and ``LiveTrack`` (frames pushed one by one, ``sam2_serve.models.live``).
+
+    Every object is tracked alone, as in its own upstream state (sam2 tracks objects independently), with
+    upstream's per-frame step; ``prune`` drops what sam2 can no longer read (see the module docstring), so what a
+    stream holds per object is flat in its length. ``features`` holds the backbone features of frames that will
+    be read again (prompted frames not yet reached; a live stream's latest frame), shown to sam2 as its feature
+    cache around every upstream call, so no frame is encoded twice. Model steps run under ``model.context()``,
+    entered by the caller.
+    """
+
+    def __init__(self, model: VideoModel, state: dict):
+        self.model, self.state = model, state
+        self.features: dict[int, tuple] = {}  # clip frame -> sam2's cached (image, backbone_out)
+
+    def upstream(self, fn, *args, **kwargs):
+        """Run an upstream method with every frame feature this stream holds visible in sam2's cache."""
+        sam2_internals.set_frame_features(self.state, dict(self.features))
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.features.update(sam2_internals.frame_features(self.state))
+
+    def add_prompts(self, prompts: Sequence[tuple[int, VideoObjectPrompt]]) -> None:
+        """Upstream ``add_new_points_or_box`` / ``add_new_mask`` for each (clip frame, prompt), in order, then the
+        memory encoder on the new prompts, exactly as ``propagate_in_video`` runs it before it starts."""
+        for frame, p in prompts:
+            self.upstream(self.model.add_prompt, self.state, frame, p)
+        self.upstream(sam2_internals.consolidate_prompts, self.model.predictor, self.state)
+
+    def track(self, r: int, with_logits: bool = False) -> tuple[list, torch.Tensor, list, Optional[list]]:
+        """Every object on clip frame ``r`` (at least one object): (object ids, video-resolution logits
+        (num_objects, 1, H, W), object scores, low-res logits (h, w) per object or None)."""
+        p, state = self.model.predictor, self.state
+        obj_ids = sam2_internals.object_ids(state)
+        pred_masks, scores, low_res = [], [], []
+        for obj_idx in range(len(obj_ids)):
+            out, masks = self.upstream(sam2_internals.track_object, p, state, obj_idx, r)
+            pred_masks.append(masks)
+            scores.append(sam2_internals.object_score(out))
+            low_res.append(masks[0, 0].float().cpu().numpy() if with_logits else None)
+        video_res = sam2_internals.video_res_masks(p, state, torch.cat(pred_masks, dim=0))
+        return obj_ids, video_res, scores, low_res if with_logits else None
+
+    def prune(self, next_frame: int) -> None:
+        """Drop what tracking ``next_frame`` and later frames will not read: outputs outside sam2's memory window,
+        and features of earlier frames."""
+        sam2_internals.prune_outputs(self.model.predictor, self.state, next_frame)
+        for k in [k for k in self.features if k < next_frame]:
+            del self.features[k]
+        sam2_internals.set_frame_features(self.state, {})
+
+    def stats(self) -> dict:
+        """``objects``: per track id, counts of conditioning outputs, non-conditioning outputs holding a memory,
+        and those holding only an object pointer; ``state_bytes``: tensor bytes in all per-frame outputs and
+        inputs; ``features_cached``: frames whose backbone features are held; ``frames_encoded`` /
+        ``max_encodes_per_frame``: image-encoder passes (the frame source counts them)."""
+        state = self.state
+        frames = sam2_internals.state_frames(state)
+        return {
+            "objects": sam2_internals.output_counts(state),
+            "state_bytes": _tensor_bytes(sam2_internals.per_frame_tensors(state)),
+            "features_cached": len(set(self.features) | set(sam2_internals.frame_features(state))),
+            "frames_encoded": frames.frames_encoded,
+            "max_encodes_per_frame": frames.max_encodes_per_frame,
+        }
+
+    def close(self) -> None:
+        self.features.clear()
+        sam2_internals.set_frame_features(self.state, {})
 
 
 class TrackStream:
@@ -173,6 +261,7 @@ class TrackStream:
         if self.length <= 0:
             raise ValueError(f"start frame {start} is past the last frame {len(reader) - 1}")
         self.state = model.new_state(reader, start, self.length)
+        self.core = FrameStepper(model, self.state)
         by_obj: dict[str, list[VideoObjectPrompt]] = {}
         for p in prompts:
             if not start <= p.frame < start + self.length:
@@ -182,7 +271,6 @@ class TrackStream:
         for obj_prompts in by_obj.values():
             obj_prompts.sort(key=lambda q: q.frame)
             self.entering.setdefault(obj_prompts[0].frame - start, []).append(obj_prompts)
-        self.features: dict[int, tuple] = {}  # clip frame -> sam2's cached (image, backbone_out)
         self.next = 0
 
     def __iter__(self) -> Iterator[TrackedFrame]:
@@ -196,73 +284,28 @@ class TrackStream:
         self.next += 1
         with self.model.context():
             if r in self.entering:
-                self._enter(r, self.entering.pop(r))
+                # Later prompted frames first, this frame last: its features are then the freshest in sam2's cache.
+                self.core.add_prompts([(q.frame - self.start, q) for obj_prompts in self.entering.pop(r)
+                                       for q in sorted(obj_prompts, key=lambda q: -q.frame)])
             frame = self._track(r)
-            self._prune(r)
+            self.core.prune(r + 1)
         return frame
 
-    def _upstream(self, fn, *args, **kwargs):
-        """Run an upstream method with every frame feature this stream holds visible in sam2's cache."""
-        sam2_internals.set_frame_features(self.state, dict(self.features))
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            self.features.update(sam2_internals.frame_features(self.state))
-
-    def _enter(self, r: int, objects: list[list[VideoObjectPrompt]]) -> None:
-        for obj_prompts in objects:
-            # Later prompted frames first, this frame last: its features are then the freshest in sam2's cache.
-            for q in sorted(obj_prompts, key=lambda q: -q.frame):
-                self._upstream(self.model.add_prompt, self.state, q.frame - self.start, q)
-        # Runs the memory encoder on the new prompts, exactly as propagate_in_video does before it starts.
-        self._upstream(sam2_internals.consolidate_prompts, self.model.predictor, self.state)
-
     def _track(self, r: int) -> TrackedFrame:
-        p, state = self.model.predictor, self.state
         time_s = self.reader.info.times_s[self.start + r]
-        obj_ids = sam2_internals.object_ids(state)
-        if not obj_ids:
-            height, width = sam2_internals.video_size(state)
+        if not sam2_internals.object_ids(self.state):
+            height, width = sam2_internals.video_size(self.state)
             return TrackedFrame(index=self.start + r, time_s=time_s, width=width, height=height, objects=[])
-        pred_masks, scores, low_res = [], [], []
-        for obj_idx in range(len(obj_ids)):
-            out, masks = self._upstream(sam2_internals.track_object, p, state, obj_idx, r)
-            pred_masks.append(masks)
-            scores.append(sam2_internals.object_score(out))
-            low_res.append(masks[0, 0].float().cpu().numpy() if self.with_logits else None)
-        video_res = sam2_internals.video_res_masks(p, state, torch.cat(pred_masks, dim=0))
-        return self.model.frame_result(state, self.start + r, time_s, obj_ids, video_res, scores,
-                                       low_res if self.with_logits else None)
-
-    def _prune(self, r: int) -> None:
-        """Drop what no later frame reads (see the module docstring); called after frame ``r``."""
-        sam2_internals.prune_outputs(self.model.predictor, self.state, r + 1)
-        for k in [k for k in self.features if k <= r]:
-            del self.features[k]
-        sam2_internals.set_frame_features(self.state, {})
+        obj_ids, video_res, scores, low_res = self.core.track(r, self.with_logits)
+        return self.model.frame_result(self.state, self.start + r, time_s, obj_ids, video_res, scores, low_res)
 
     def stats(self) -> dict:
-        """Bookkeeping of what this stream holds (for tests and monitoring).
-
-        ``objects``: per track id, counts of conditioning outputs, non-conditioning outputs holding a memory, and
-        those holding only an object pointer; ``state_bytes``: tensor bytes in all per-frame outputs and inputs;
-        ``features_cached``: frames whose backbone features are held; ``frames_encoded``/``max_encodes_per_frame``.
-        """
-        state = self.state
-        encoded = sam2_internals.state_frames(state).encoded
-        return {
-            "frames_done": self.next,
-            "objects": sam2_internals.output_counts(state),
-            "state_bytes": _tensor_bytes(sam2_internals.per_frame_tensors(state)),
-            "features_cached": len(self.features) + len(sam2_internals.frame_features(state)),
-            "frames_encoded": sum(encoded.values()),
-            "max_encodes_per_frame": max(encoded.values(), default=0),
-            "frames_decoded": self.reader.frames_decoded,
-        }
+        """Bookkeeping of what this stream holds (for tests and monitoring): ``FrameStepper.stats`` plus
+        ``frames_done`` and ``frames_decoded``."""
+        return {"frames_done": self.next, **self.core.stats(), "frames_decoded": self.reader.frames_decoded}
 
     def close(self) -> None:
-        self.features.clear()
-        sam2_internals.set_frame_features(self.state, {})
+        self.core.close()
         self.reader.close()
 
 
@@ -270,13 +313,19 @@ class VideoSession:
     """Interactive tracking on one video: prompts answer at once, ``propagate`` streams (upstream's own methods).
 
     Keeps upstream's per-frame outputs (corrections and re-propagation read them), not the decoded video:
-    frames are decoded again when a propagation or a prompt needs them. Not thread-safe: callers serialize
+    frames are decoded again when a propagation or a prompt needs them. On a video longer than ``keep_frames``,
+    only the outputs within ``keep_frames`` of the latest propagated frame (and prompted frames) are kept, and what
+    would need a dropped one is refused (``sam2_serve.models.session_window``). Not thread-safe: callers serialize
     calls on one session (the deployment holds a per-session lock, never a global one).
     """
 
-    def __init__(self, model: VideoModel, reader: FrameReader):
+    def __init__(self, model: VideoModel, reader: FrameReader, keep_frames: Optional[int] = None):
+        from sam2_serve.models.session_window import SessionWindow
+
         self.model, self.reader = model, reader
         self.state = model.new_state(reader)
+        long = keep_frames is not None and len(reader) > keep_frames
+        self.window = SessionWindow(model, self.state, keep_frames) if long else None
 
     @property
     def num_frames(self) -> int:
@@ -293,18 +342,28 @@ class VideoSession:
 
     def add_prompt(self, p: VideoObjectPrompt) -> TrackedFrame:
         """Add points/box (or a mask) for ``p.track_id`` on ``p.frame``; that frame's masks for every object."""
+        self.check_prompt(p)
         with self.model.context():
             frame, obj_ids, logits = self.model.add_prompt(self.state, p.frame, p)
             return self._result(frame, obj_ids, logits)
 
+    def check_prompt(self, p: VideoObjectPrompt) -> None:
+        """``LimitExceeded`` when the prompt would read tracking state this session dropped (long videos)."""
+        if self.window is not None:
+            self.window.check_prompt(p.track_id, p.frame)
+
     def remove_object(self, track_id: str) -> None:
         with self.model.context():
             self.model.predictor.remove_object(self.state, track_id, strict=True, need_output=False)
+        if self.window is not None:
+            self.window.forget(track_id)
 
     def propagate(self, start: Optional[int] = None, max_frames: Optional[int] = None,
                   reverse: bool = False) -> Iterator[TrackedFrame]:
         """Upstream ``propagate_in_video`` from ``start`` (default: the first prompted frame), ``max_frames``
         frames at most, forward or backward; yields one ``TrackedFrame`` per frame."""
+        if self.window is not None:
+            self.window.check_propagate(start, reverse)
         limit = None if max_frames is None else max(0, max_frames - 1)  # upstream tracks limit + 1 frames
         gen = self.model.predictor.propagate_in_video(self.state, start_frame_idx=start,
                                                        max_frame_num_to_track=limit, reverse=reverse)
@@ -316,6 +375,8 @@ class VideoSession:
                     except StopIteration:
                         return
                     result = self._result(frame, obj_ids, logits)
+                if self.window is not None:
+                    self.window.after_frame(frame)
                 yield result
         finally:
             gen.close()
@@ -323,7 +384,8 @@ class VideoSession:
     def stats(self) -> dict:
         return {"num_frames": self.num_frames, "objects": self.track_ids,
                 "state_bytes": _tensor_bytes(sam2_internals.per_frame_tensors(self.state, inputs=False)),
-                "frames_decoded": self.reader.frames_decoded}
+                "outputs": sam2_internals.output_counts(self.state), "frames_decoded": self.reader.frames_decoded,
+                **(self.window.stats() if self.window is not None else {})}
 
     def close(self) -> None:
         sam2_internals.set_frame_features(self.state, {})

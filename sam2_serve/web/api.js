@@ -10,8 +10,13 @@ export class ApiError extends Error {
   constructor(status, message) { super(message); this.status = status; }
 }
 
+// The key typed in the page ("" when none).
+export function apiKey() {
+  return $("api-key").value.trim();
+}
+
 function authHeaders() {
-  const key = $("api-key").value.trim();
+  const key = apiKey();
   return key ? { Authorization: `Bearer ${key}` } : {};
 }
 

@@ -1,9 +1,9 @@
 """sam2_serve.models.sam2_internals against the installed sam2: the pinned version, and every touch it lists.
 
 Each check names its touch (``sam2_internals.<name>``) in its failure message; ``test_every_touch_is_checked``
-fails when a touch is added to ``TOUCHES`` and used by no check here or in ``test_sam2_internals_video.py`` (the
-video touches). Real sam2 objects throughout: the tiny model from a test-written checkpoint (``tiny_checkpoint``),
-at 1024 for the image predictor and at 256 for video.
+fails when a touch is added to ``TOUCHES`` and used by no check here or in another ``test_sam2_internals*.py``
+(``_video``: the video touches; ``_live``: those of live streams). Real sam2 objects throughout: the tiny model from
+a test-written checkpoint (``tiny_checkpoint``), at 1024 for the image predictor and at 256 for video.
 """
 
 from __future__ import annotations
@@ -62,8 +62,7 @@ def test_pyproject_pins_the_same_sam2():
 def test_every_touch_is_checked():
     missing = [t for t in si.TOUCHES if not hasattr(si, t)]
     assert not missing, f"sam2_internals.TOUCHES lists names the module lacks: {missing}"
-    here = Path(__file__)
-    tests = here.read_text() + here.with_name("test_sam2_internals_video.py").read_text()
+    tests = "".join(f.read_text() for f in Path(__file__).parent.glob("test_sam2_internals*.py"))
     unchecked = [t for t in si.TOUCHES if not re.search(rf"\bsi\.{t}\b", tests)]
     assert not unchecked, f"touches in sam2_internals.TOUCHES that no test uses: {unchecked}"
 

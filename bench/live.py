@@ -1,0 +1,164 @@
+"""Live video (WS /v1/live) through the real service: per-frame latency against /v1/generate, and the tracker's
+memory over a long stream.
+
+    .venv/bin/python -m bench.live [--frames 20] [--memory-frames 100 1000] [--url http://...]
+
+Targets (issue 16), bedroom.mp4 frames (960x540), one click on frame 0, tiny model at ``++model.image_size=256``:
+  latency   per-frame time of a live stream, each frame sent once the previous one is answered (PNG up, RLE
+            masks down: the round trip a client sees), <= 1.1x /v1/generate's per-frame time on the same video
+            (time between NDJSON lines); both best of 2, alternating
+  memory    resident memory of the VideoTracker replica after 1000 pushed frames <= 1.1x after 100 (frames cycle
+            through bedroom's 200, forward then backward); the tracker's own state bytes beside it
+Starts Ray and the application here (one tracker replica) unless ``--url`` names a running one (then replica
+memory is read on this machine: run it where the tracker runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import time
+from contextlib import contextmanager
+from typing import Optional
+
+import numpy as np
+import requests
+from PIL import Image
+
+from bench.common import DATA, bench_checkpoint, machine, replica_rss_mib, table
+
+VIDEO = DATA / "videos" / "bedroom.mp4"
+CLICK = {"point": [0.5, 0.55], "track_id": "1"}
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def generate_per_frame(url: str, n: int) -> float:
+    body = {"video": {"base64": base64.b64encode(VIDEO.read_bytes()).decode()}, "mask_format": "rle",
+            "frames": [{"index": 0, "regions": [CLICK]}]}
+    times = []
+    with requests.post(f"{url}/v1/generate", json=body, stream=True, timeout=600) as r:
+        r.raise_for_status()
+        last = None
+        for _ in r.iter_lines():
+            now = time.perf_counter()
+            if last is not None:
+                times.append(now - last)
+            last = now
+            if len(times) == n:
+                break
+    return float(np.mean(times[1:]))  # frame 0 carries the prompt; then steady state
+
+
+class Stream:
+    def __init__(self, url: str):
+        from websockets.sync.client import connect
+
+        self.ws = connect(url.replace("http", "ws", 1) + "/v1/live?mask_format=rle", max_size=None, proxy=None)
+        ready = json.loads(self.ws.recv())
+        self.stream_id = ready["stream_id"]
+
+    def push(self, data: bytes) -> dict:
+        self.ws.send(data)
+        return json.loads(self.ws.recv())
+
+    def prompt(self) -> None:
+        self.ws.send(json.dumps({"type": "prompt", "regions": [CLICK]}))
+        self.ws.recv()
+
+
+def live_per_frame(url: str, frames: list[bytes]) -> float:
+    s = Stream(url)
+    s.push(frames[0])
+    s.prompt()
+    times = []
+    for data in frames[1:]:
+        t0 = time.perf_counter()
+        s.push(data)
+        times.append(time.perf_counter() - t0)
+    s.ws.close()
+    return float(np.mean(times[1:]))
+
+
+def memory(url: str, counts: list[int], frames: list[bytes]) -> list[tuple]:
+    from ray import serve
+
+    tracker = serve.get_deployment_handle("VideoTracker", app_name="sam2")
+    s = Stream(url)
+    s.push(frames[0])
+    s.prompt()
+    rows, first = [], None
+    for i in range(1, max(counts)):
+        s.push(frames[i % len(frames)])
+        if i + 1 in counts:
+            time.sleep(2)  # as bench.load: measured after the replica's idle trim
+            rss = replica_rss_mib().get("sam2:VideoTracker", float("nan"))
+            stats = tracker.options(session_id=s.stream_id).live_stats.remote(s.stream_id).result()
+            first = first or rss
+            rows.append((i + 1, f"{rss:.0f}", f"{rss / first:.3f}x", stats["state_bytes"], stats["objects"]["1"]))
+    s.ws.close()
+    return rows
+
+
+@contextmanager
+def service(url: Optional[str]):
+    """The base URL of the service: ``url`` (Ray joined at ``address="auto"``), or an application started here
+    (tiny model, one tracker replica at 256) and shut down after."""
+    import ray
+    from ray import serve
+
+    if url is not None:
+        ray.init(address="auto")
+        yield url.rstrip("/")
+        ray.shutdown()
+        return
+    from sam2_serve.deployments.app import build_app
+    from sam2_serve.testing import free_port
+
+    ray.init(num_cpus=4, include_dashboard=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    model = "sam2.1-hiera-tiny"
+    tracker = {"num_cpus": 0.5, "num_replicas": 1, "hydra_overrides": ["++model.image_size=256"]}
+    serve.run(build_app({"model": model, "checkpoint": str(bench_checkpoint(model)), "device": "cpu",
+                         "tracker": tracker}), name="sam2", route_prefix="/")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--frames", type=int, default=20, help="frames per latency run")
+    ap.add_argument("--memory-frames", type=int, nargs="*", default=[100, 1000])
+    ap.add_argument("--url", help="a running service (application 'sam2'); default: start one here")
+    args = ap.parse_args()
+
+    from sam2_serve.testing import decode_frames
+
+    base = decode_frames(VIDEO, 200)
+    frames = [_png(f) for f in base + base[::-1]]
+    with service(args.url) as url:
+        print(f"machine: {machine()} (figures are noisy on a shared machine)")
+        runs: dict[str, list[float]] = {"generate": [], "live": []}
+        for _ in range(2):
+            runs["generate"].append(generate_per_frame(url, args.frames))
+            runs["live"].append(live_per_frame(url, frames[:args.frames]))
+        g, lv = min(runs["generate"]), min(runs["live"])
+        print(table([("per frame (s)", f"{lv:.3f}", f"{g:.3f}", f"{lv / g:.3f}x", "<= 1.1x")],
+                    ("measure", "live", "generate", "ratio", "target")))
+        print(json.dumps(runs))
+        rows = memory(url, args.memory_frames, frames)
+        print(table(rows, ("frames pushed", "tracker RSS MiB", "vs first", "state bytes", "outputs held")))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""sam2_serve.services.live.LiveQueue: arrival order, latest frame wins, skipped frames carried, the bound."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sam2_serve.services.live import Item, LiveQueue
+
+
+def _drain(q: LiveQueue) -> list[Item]:
+    async def go():
+        return [await q.get() for _ in range(len(q))]
+
+    return asyncio.run(go())
+
+
+def test_a_waiting_frame_is_replaced_by_the_next_and_reported():
+    q = LiveQueue()
+    assert q.put_frame(b"0") is None
+    assert q.put_frame(b"1") == 0          # frame 0 had not started: replaced
+    assert q.put_frame(b"2") == 1
+    assert q.put(Item("message", data="prompt"))
+    assert q.put_frame(b"3") is None       # after a message: frame 2 keeps its place, before the message
+    assert q.put_frame(b"4") == 3
+    items = _drain(q)
+    assert [(i.kind, i.index, i.skipped) for i in items] == [
+        ("frame", 2, [0, 1]), ("message", None, []), ("frame", 4, [3])]
+    assert [i.data for i in items] == [b"2", "prompt", b"4"]
+    assert (q.frames_received, q.frames_skipped) == (5, 3)
+
+
+def test_frames_taken_are_not_replaced_and_refused_frames_count():
+    q = LiveQueue()
+    q.put_frame(b"0")
+    (first,) = _drain(q)                   # the writer took frame 0: it is being tracked
+    assert q.put_frame(b"1") is None and first.index == 0
+    assert q.new_frame_index() == 2        # a frame refused on arrival still takes its number
+    assert q.put_frame(b"3") == 1
+
+
+def test_bounded_and_get_waits_for_an_item():
+    q = LiveQueue(max_waiting=2)
+    assert q.put(Item("message", data=1)) and q.put(Item("message", data=2))
+    assert not q.put(Item("message", data=3))
+
+    async def later():
+        empty = LiveQueue()
+        getter = asyncio.ensure_future(empty.get())
+        await asyncio.sleep(0)
+        assert not getter.done()
+        empty.put_frame(b"x")
+        return (await getter).data
+
+    assert asyncio.run(later()) == b"x"

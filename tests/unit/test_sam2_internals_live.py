@@ -1,0 +1,85 @@
+"""sam2_serve.models.sam2_internals' live-stream touches against the installed sam2 (``SAM2VideoPredictor``, at 256):
+``record_tracked`` and ``prune_inputs``. The other video touches: ``test_sam2_internals_video.py``."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from sam2_serve.models import sam2_internals as si
+from tests.unit.test_sam2_internals import why
+from tests.unit.test_sam2_internals_video import _POINT, _init_state, frames_dir, video_model  # noqa: F401
+
+_NEGATIVE = dict(points=np.array([[300, 200]], np.float32), labels=np.array([0], np.int32), clear_old_points=False)
+
+
+class _ReadLog(dict):
+    """An object's per-frame prompts that record which frames sam2 reads (our probe)."""
+
+    def __init__(self, data, log):
+        super().__init__(data)
+        self.log = log
+
+    def get(self, key, default=None):
+        self.log.append(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        self.log.append(key)
+        return super().__getitem__(key)
+
+
+def _tracked_state(P, frames_dir, correct_on=()):  # noqa: F811
+    """A click on frame 0, frames 1-2 tracked with our per-frame step and recorded as tracked (the latest one
+    only), a negative click on each frame of ``correct_on`` as it is the latest, as a live stream does."""
+    state = _init_state(P, frames_dir)
+    with torch.inference_mode():
+        P.add_new_points_or_box(state, 0, "a", **_POINT)
+        si.consolidate_prompts(P, state)
+        for f in (1, 2):
+            si.track_object(P, state, 0, f)
+            si.record_tracked(state, f)
+            if f in correct_on:
+                P.add_new_points_or_box(state, f, "a", **_NEGATIVE)
+                si.consolidate_prompts(P, state)
+    return state
+
+
+def test_record_tracked_makes_a_prompt_a_correction_as_after_propagation(video_model, frames_dir):  # noqa: F811
+    P = video_model
+    ref = _init_state(P, frames_dir)
+    with torch.inference_mode():
+        P.add_new_points_or_box(ref, 0, "a", **_POINT)
+        for _ in P.propagate_in_video(ref):
+            pass
+        _, _, ref_fix = P.add_new_points_or_box(ref, 2, "a", **_NEGATIVE)
+        state = _tracked_state(P, frames_dir)
+        assert state["frames_tracked_per_obj"][0] == {2: ref["frames_tracked_per_obj"][0][2]}, why(
+            "record_tracked", f"{state['frames_tracked_per_obj']} is not propagate_in_video's record of frame 2 alone")
+        _, _, fix = P.add_new_points_or_box(state, 2, "a", **_NEGATIVE)
+    assert 2 in state["temp_output_dict_per_obj"][0]["non_cond_frame_outputs"], why(
+        "record_tracked", "a prompt on a recorded frame was not taken as a correction")
+    torch.testing.assert_close(fix, ref_fix, msg=why("record_tracked", "the correction differs from upstream's"))
+
+
+def test_prune_inputs_keeps_what_sam2_reads(video_model, frames_dir):  # noqa: F811
+    P = video_model
+    state = _tracked_state(P, frames_dir, correct_on=(1, 2))  # corrections: not conditioning frames
+    assert sorted(state["point_inputs_per_obj"][0]) == [0, 1, 2]
+    assert sorted(state["output_dict_per_obj"][0]["cond_frame_outputs"]) == [0]
+    si.prune_inputs(state, 2)
+    assert sorted(state["point_inputs_per_obj"][0]) == [0, 2], why(
+        "prune_inputs", f"kept prompts of frames {sorted(state['point_inputs_per_obj'][0])}, not [0, 2]")
+    log: list = []
+    state["point_inputs_per_obj"][0] = _ReadLog(state["point_inputs_per_obj"][0], log)
+    with torch.inference_mode():
+        P.add_new_points_or_box(state, 2, "a", **_NEGATIVE)  # more points on the latest frame
+        si.consolidate_prompts(P, state)
+        si.track_object(P, state, 0, 2)
+    assert set(log) <= {2}, why("prune_inputs", f"sam2 read the prompts of frames {sorted(set(log))}")
+    with torch.inference_mode():
+        P.add_new_points_or_box(state, 2, "b", **_POINT)
+        si.consolidate_prompts(P, state)
+        P.remove_object(state, "a", strict=True, need_output=False)  # reads every prompted frame of "a"
+    assert si.object_ids(state) == ["b"] and list(state["point_inputs_per_obj"]) == [0], why(
+        "prune_inputs", "remove_object failed on pruned prompts")
