@@ -12,7 +12,6 @@ service tracks the newest frame and skips those it cannot keep up with (``--wait
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path

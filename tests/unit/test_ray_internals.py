@@ -6,6 +6,7 @@ tests exercise the same touches for real (request ids in error bodies, session r
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import importlib.metadata
 import inspect
@@ -37,7 +38,11 @@ def test_pending_request_metadata_has_a_session_id():
     params = inspect.signature(PendingRequest).parameters
     assert "metadata" in params, "session_id_of(): PendingRequest has no metadata"
     metadata = RequestMetadata(request_id="r", internal_request_id="i", session_id="replica.token")
-    request = PendingRequest(args=[], kwargs={}, metadata=metadata)
+
+    async def make():  # PendingRequest makes an asyncio.Future: in a loop, as the router does
+        return PendingRequest(args=[], kwargs={}, metadata=metadata)
+
+    request = asyncio.run(make())
     assert ray_internals.session_id_of(request) == "replica.token"
     assert ray_internals.session_id_of(None) == ""
 

@@ -205,3 +205,28 @@ def test_memory_dtype_fix(video_model):
     assert not args and {"curr", "memory", "memory_pos"} <= set(kwargs), why(
         "fix_memory_dtype", f"memory_attention called with {len(args)} positional args, kwargs {sorted(kwargs)}")
     assert kwargs["memory"].dtype == torch.float32 and out.dtype == torch.float32, why("fix_memory_dtype", "no cast")
+
+
+def test_object_frames_and_drop_frames_read_upstreams_state(video_model, frames_dir):
+    """The bounded sessions' touches (``session_window``): which frames upstream holds an object on after a
+    prompt, a propagation and a correction, and dropping a tracked frame removes all sam2 holds of it there."""
+    P = video_model
+    state = _init_state(P, frames_dir)
+    with torch.inference_mode():
+        P.add_new_points_or_box(state, 0, "a", **_POINT)
+        for _ in P.propagate_in_video(state):
+            pass
+        held = si.object_frames(state, 0)
+        assert held.cond == {0} and held.non_cond == {1, 2}, why("object_frames", f"{held}")
+        assert held.tracked == {0: False, 1: False, 2: False}, why("object_frames", f"tracked {held.tracked}")
+        P.add_new_points_or_box(state, 2, "a", points=np.array([[100, 100]], np.float32),
+                                labels=np.array([0], np.int32))  # a correction on a tracked frame
+        fixed = si.object_frames(state, 0)
+        # sam2's default (add_all_frames_to_correct_as_cond False): a correction is no prompted frame
+        assert fixed.cond == {0} and 2 in state["point_inputs_per_obj"][0], why("object_frames", f"{fixed}")
+        si.drop_frames(state, 0, [0, 1, 2])
+        after = si.object_frames(state, 0)
+        assert after.cond == {0} and after.non_cond == set() and set(after.tracked) == {0}, why(
+            "drop_frames", f"tracked frames still held: {after}")
+        assert set(state["point_inputs_per_obj"][0]) == {0}, why(
+            "drop_frames", "the correction on a dropped frame kept, or the prompted frame's prompt lost")
