@@ -104,3 +104,35 @@ def test_short_videos_keep_everything(loaded, frames):
     assert session.window is None and "keep_frames" not in session.stats()
     with pytest.raises(ValueError, match="shorter than"):
         VideoModel(loaded).open_session(FrameReader(_clip_bytes(frames)), keep_frames=10)
+
+
+def test_tracker_sessions_are_bounded_and_refuse_before_work(tiny_checkpoint, frames):
+    """The ``VideoTracker`` deployment class (built without Ray) gives sessions on videos longer than
+    ``session_keep_frames`` a window, and refuses a correction on dropped state before any model work."""
+    import asyncio
+
+    from sam2_serve.common.limits import Limits
+    from sam2_serve.common.schemas import SessionPromptRequest
+    from sam2_serve.common.videos import probe_video
+    from sam2_serve.deployments.tracker import VideoTracker
+    from sam2_serve.testing import TINY, TRACKER_OVERRIDES
+
+    tracker = VideoTracker(TINY, str(tiny_checkpoint), device="cpu", torch_threads=1,
+                           hydra_overrides=TRACKER_OVERRIDES, session_keep_frames=KEEP)
+    clip = _clip_bytes(frames)
+
+    def prompt(index, x, y):
+        return SessionPromptRequest(index=index, regions=[{"point": [x, y], "track_id": "1"}])
+
+    async def run():
+        sid = (await tracker.create_session(clip, probe_video(clip)))["session_id"]
+        await tracker.add_prompts(sid, prompt(0, 0.5, 0.55), Limits())
+        tracked = [f.index async for f in tracker.propagate(sid)]
+        before = tracker._sessions[sid].session.stats()
+        with pytest.raises(LimitExceeded, match="frame 3"):
+            await tracker.add_prompts(sid, prompt(3, 0.2, 0.2), Limits())
+        return tracked, before, tracker._sessions[sid].session.stats()
+
+    tracked, before, after = asyncio.run(run())
+    assert tracked == list(range(N))
+    assert before["dropped_frames"] == {"1": N - 2 - KEEP} and after == before  # refused: nothing changed
