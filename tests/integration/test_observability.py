@@ -23,6 +23,7 @@ from PIL import Image
 
 from tests.integration.conftest import APP_NAME, assert_healthy
 from tests.integration.test_generate import tracker_stats
+from tests.integration.test_live import Live
 
 pytestmark = pytest.mark.integration
 
@@ -58,6 +59,12 @@ def until_exported(checks, what: str) -> list:
         time.sleep(2)
 
 
+def _png(shape: tuple[int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(7).integers(0, 255, (*shape, 3), np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -89,6 +96,9 @@ def test_metrics_after_traffic(base_url, http, handle, image_b64, bedroom_path, 
         assert r.status_code == 200 and json.loads(next(r.iter_lines()))["index"] == 0
     session = http.post(f"{base_url}/v1/sessions", json={"video": video["video"]}, timeout=300)
     assert session.status_code == 200, session.text
+    live = Live(base_url)  # held open while the metrics are scraped: one live stream, one frame tracked
+    live.ready()
+    assert live.ask(_png((64, 96)))["type"] == "frame"
 
     def checks(m) -> list[str]:
         want = {
@@ -110,6 +120,7 @@ def test_metrics_after_traffic(base_url, http, handle, image_b64, bedroom_path, 
             "streams": value(m, "ray_sam2_tracker_streams_started_total") >= 2,
             "cancelled": value(m, "ray_sam2_tracker_streams_cancelled_total") >= 1,
             "sessions": value(m, "ray_sam2_tracker_sessions") >= 1,
+            "live streams": value(m, "ray_sam2_tracker_live_streams") >= 1,
             "200s": value(m, "ray_sam2_requests_total", route="/v1/predict", method="POST", status="200") >= 2,
             "400s": value(m, "ray_sam2_requests_total", route="/v1/predict", method="POST", status="400") >= 1,
             "sessions route": value(m, "ray_sam2_requests_total", route="/v1/sessions", status="200") >= 1,
@@ -122,6 +133,7 @@ def test_metrics_after_traffic(base_url, http, handle, image_b64, bedroom_path, 
     print(f"\n{len({s.name for s in samples})} sam2_ series names exported")
     r = http.delete(f"{base_url}/v1/sessions/{session.json()['session_id']}", timeout=60)
     assert r.status_code == 200, r.text
+    live.close()
 
     # Per tracker replica, the exported counters equal what its stats() report (the same counters), once no
     # stream runs: frames streamed, streams cancelled, streams and sessions live now.
@@ -132,7 +144,9 @@ def test_metrics_after_traffic(base_url, http, handle, image_b64, bedroom_path, 
                      "cancelled": (value(m, "ray_sam2_tracker_streams_cancelled_total", replica=rid),
                                    s["streams_cancelled"]),
                      "streams": (value(m, "ray_sam2_tracker_streams", replica=rid), s["streams_active"]),
-                     "sessions": (value(m, "ray_sam2_tracker_sessions", replica=rid), s["sessions"])}
+                     "sessions": (value(m, "ray_sam2_tracker_sessions", replica=rid), s["sessions"]),
+                     "live streams": (value(m, "ray_sam2_tracker_live_streams", replica=rid),
+                                      s["live_streams"])}
             off += [f"{rid} {k}: exported {a}, stats {b}" for k, (a, b) in pairs.items() if a != b]
         return off
 
