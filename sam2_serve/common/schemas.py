@@ -156,6 +156,7 @@ class ModelInfo(BaseModel):
     device: str
     dtype: str
     image_size: int
+    encoder_backend: str = Field("torch", description="What runs the image encoder's network: openvino or torch.")
 
 
 class ErrorBody(BaseModel):

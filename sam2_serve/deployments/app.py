@@ -112,6 +112,9 @@ class AppArgs(BaseModel):
     checkpoint: Optional[str] = Field(None, description="local .pt path; default: cache, then Hugging Face Hub")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "bfloat16"] = "float32"
+    encoder_backend: Literal["auto", "torch", "openvino"] = Field(
+        "auto", description="What runs the image encoder's network: auto = OpenVINO on the CPU (exported from the "
+        "checkpoint at start, cached on disk, checked against torch; torch if any of it fails), torch on CUDA.")
     cache_bytes: int = Field(2 << 30, gt=0, description="Embedding cache bound (~16 MB per image in float32).")
     limits: Limits = Field(default_factory=Limits)
     encoder: EncoderPlacement = Field(default_factory=EncoderPlacement)
@@ -217,7 +220,7 @@ def bind_app(args: AppArgs | dict, checkpoint_sha256: str | None = None) -> Appl
                                **_options(a.encoder, gpu, retry, model_env, log)).bind(
         **model_kwargs, max_batch_size=a.encoder.max_batch_size, cpu_max_batch_size=a.encoder.cpu_max_batch_size,
         batch_wait_timeout_s=a.encoder.batch_wait_timeout_s, torch_threads=a.encoder.torch_threads,
-        stuck_after_s=a.encoder.stuck_after_s)
+        stuck_after_s=a.encoder.stuck_after_s, encoder_backend=a.encoder_backend)
     decoder = serve.deployment(MaskDecoder, name="MaskDecoder", **_options(a.decoder, gpu, retry, model_env, log)).bind(
         **model_kwargs, torch_threads=a.decoder.torch_threads, stuck_after_s=a.decoder.stuck_after_s)
     cache = serve.deployment(EmbeddingCache, name="EmbeddingCache",

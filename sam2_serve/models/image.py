@@ -17,16 +17,20 @@ import torch
 
 from sam2_serve.common.types import BitMask, ImageEmbedding, MaskPrediction, ObjectPrompt
 from sam2_serve.models import sam2_internals
+from sam2_serve.models.fast_encoder import FastEncoder
 from sam2_serve.models.loader import LoadedModel
 
 
 class ImageModel:
     """Ray-free image encoder and mask decoder over one loaded sam2 model."""
 
-    def __init__(self, loaded: LoadedModel):
+    def __init__(self, loaded: LoadedModel, encoder: Optional[FastEncoder] = None):
+        """``encoder``: the runtime that ``encode`` runs the network with (``fast_encoder.load_fast_encoder``);
+        None runs sam2's own torch forward, as does a ``FastEncoder`` that fell back to torch."""
         from sam2.sam2_image_predictor import SAM2ImagePredictor
 
         self.loaded = loaded
+        self.encoder = encoder or FastEncoder("torch", "no fast encoder asked for")
         self._predictor = SAM2ImagePredictor(loaded.model)
 
     @property
@@ -40,7 +44,8 @@ class ImageModel:
         Returns one ``ImageEmbedding`` per image, features as float32 numpy arrays on the CPU (so they travel
         through Ray's object store zero-copy).
         """
-        view = sam2_internals.image_predictor_view(self._predictor)
+        # Upstream's set_image_batch throughout; with a fast encoder, only its network forward runs elsewhere.
+        view = sam2_internals.image_predictor_view(self._predictor, forward_image=self.encoder.forward_image)
         with self.loaded.autocast():
             view.set_image_batch([np.asarray(im) for im in images])
         feats, orig_hw = sam2_internals.image_features(view)

@@ -30,6 +30,8 @@ TOUCHES = (
     # SAM2ImagePredictor
     "image_predictor_view", "image_features", "set_image_features", "prep_prompts", "predict_tensors",
     "use_low_res_masks",
+    # SAM2Base.forward_image: its output, and another runtime in its place (sam2_serve.models.fast_encoder)
+    "backbone_tensors", "backbone_out", "with_forward_image",
     # MaskDecoder
     "mask_decoder_transformer", "replace_mask_decoder_transformer", "single_dense_pe", "iou_predictions",
     # SAM2VideoPredictor: inference_state and its per-frame outputs
@@ -53,13 +55,18 @@ TOUCHES = (
 # itself, and calls the two private steps of ``predict`` (``_prep_prompts``, ``_predict``) to keep tensors on the
 # device (``predict`` returns numpy float32 copies of full-size masks).
 
-def image_predictor_view(predictor):
+def image_predictor_view(predictor, forward_image=None):
     """A shallow copy of a ``SAM2ImagePredictor`` with no image set: it shares the model and ``_transforms``, and
     owns its feature slots. Relies on the predictor's per-image state being plain attributes that
     ``reset_predictor`` (public) rebinds (``_features``, ``_orig_hw``, ``_is_image_set``, ``_is_batch``), so a view
-    never writes into the original's."""
+    never writes into the original's.
+
+    ``forward_image``: a replacement for the model's ``forward_image`` in this view only (``with_forward_image``),
+    so that upstream's ``set_image_batch`` runs unchanged around another runtime's network forward."""
     view = copy.copy(predictor)
     view.reset_predictor()
+    if forward_image is not None:
+        view.model = with_forward_image(predictor.model, forward_image)
     return view
 
 
@@ -115,6 +122,49 @@ def use_low_res_masks(view, transforms) -> None:
     ``postprocess_masks(low_res_masks, orig_hw)``. Automatic mask generation upsamples only the masks that survive
     its filters (``transforms.postprocess_masks``, the real one, called by the caller)."""
     view._transforms = _LowResTransforms(transforms)
+
+
+# ---- SAM2Base.forward_image ------------------------------------------------------------------------------------------
+# sam2_serve.models.fast_encoder exports ``forward_image`` (image encoder + the decoder's high-res projections) to
+# another runtime, and puts that runtime in its place where upstream code calls it. The runtime's outputs are a flat
+# list of tensors; sam2 wants its dict back.
+
+def backbone_tensors(backbone_out: dict) -> tuple[torch.Tensor, ...]:
+    """``forward_image``'s output as a flat tuple: ``vision_features`` (B x C x h x w), then ``vision_pos_enc``, then
+    ``backbone_fpn`` (one B x C_i x H_i x W_i map per level each, highest resolution first)."""
+    pos, fpn = backbone_out["vision_pos_enc"], backbone_out["backbone_fpn"]
+    assert len(pos) == len(fpn), (len(pos), len(fpn))
+    return (backbone_out["vision_features"], *pos, *fpn)
+
+
+def backbone_out(tensors) -> dict:
+    """The dict ``forward_image`` returns, from ``backbone_tensors``' flat sequence (1 + 2 x levels tensors);
+    ``vision_features`` (in sam2 the same tensor as the last map) comes as its own copy."""
+    levels = (len(tensors) - 1) // 2
+    assert len(tensors) == 1 + 2 * levels, len(tensors)
+    return {"vision_features": tensors[0], "vision_pos_enc": list(tensors[1:1 + levels]),
+            "backbone_fpn": list(tensors[1 + levels:])}
+
+
+class _ModelWithForwardImage:
+    """A model seen through another ``forward_image``; every other attribute is the model's."""
+
+    def __init__(self, model, forward_image):
+        self._model = model
+        self.forward_image = forward_image
+
+    def __getattr__(self, name):  # names not found on this object
+        if name == "_model":  # not yet set (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self._model, name)
+
+
+def with_forward_image(model, forward_image):
+    """``model`` with ``forward_image`` (B x 3 x S x S float32 -> the dict ``backbone_out`` builds) in place of its
+    own, for ``SAM2ImagePredictor.set_image_batch``: relies on it calling ``self.model.forward_image(img_batch)``
+    once for the whole batch and otherwise reading ``self.model``'s attributes (``device``,
+    ``_prepare_backbone_features``, ``directly_add_no_mem_embed``, ``no_mem_embed``), never writing them."""
+    return _ModelWithForwardImage(model, forward_image)
 
 
 # ---- MaskDecoder ------------------------------------------------------------------------------------------------------

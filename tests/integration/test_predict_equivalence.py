@@ -102,6 +102,12 @@ def assert_same_masks(got_masks, got_scores, expected, got_logits=None):
             np.testing.assert_allclose(got, exp, atol=1e-3)
 
 
+def test_the_image_encoder_runs_on_openvino(base_url, http):
+    """auto on the CPU: the shared app encodes through OpenVINO, so every comparison here is the fast path's."""
+    [info] = http.get(f"{base_url}/v1/models", timeout=60).json()
+    assert info["encoder_backend"] == "openvino", info
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_http_matches_upstream(name, base_url, http, image_bytes, reference):
     case = CASES[name]

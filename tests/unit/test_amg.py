@@ -19,10 +19,15 @@ from sam2_serve.testing import KEEP_ALL, assert_same_masks, upstream_masks
 
 @pytest.fixture(scope="session")
 def image_model(tiny_checkpoint):
+    """The service's image model, encoding through OpenVINO as ImageEncoder does on the CPU."""
+    from sam2_serve.models.fast_encoder import load_fast_encoder
     from sam2_serve.models.image import ImageModel
     from sam2_serve.models.loader import load_model
 
-    return ImageModel(load_model("sam2.1-hiera-tiny", tiny_checkpoint, device="cpu"))
+    loaded = load_model("sam2.1-hiera-tiny", tiny_checkpoint, device="cpu")
+    encoder = load_fast_encoder(loaded)
+    assert encoder.backend == "openvino", encoder.reason
+    return ImageModel(loaded, encoder)
 
 
 @pytest.fixture(scope="session")

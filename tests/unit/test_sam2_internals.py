@@ -155,6 +155,33 @@ def test_features_set_on_a_view_predict_as_set_image(predictor, encoded, groceri
     np.testing.assert_allclose(low_res[0].numpy(), ref[2], atol=1e-6, err_msg=why("predict_tensors", "low-res"))
 
 
+def test_a_view_runs_set_image_batch_around_another_forward_image(predictor, encoded, groceries_rgb):
+    """What sam2_serve.models.fast_encoder relies on: set_image_batch calls model.forward_image once per batch (the
+    one call a view replaces), and its output survives the flat round trip an exported network makes."""
+    model, calls = predictor.model, []
+
+    def forward_image(img_batch):
+        out = model.forward_image(img_batch)
+        calls.append((tuple(img_batch.shape), set(out)))
+        return si.backbone_out([t.clone() for t in si.backbone_tensors(out)])
+
+    view = si.image_predictor_view(predictor, forward_image=forward_image)
+    with torch.inference_mode():
+        view.set_image_batch([groceries_rgb])
+    assert calls == [((1, 3, 1024, 1024), {"vision_features", "vision_pos_enc", "backbone_fpn"})], why(
+        "with_forward_image", f"set_image_batch called forward_image as {calls}")
+    assert view.model.forward_image is forward_image and predictor.model.forward_image != forward_image, why(
+        "with_forward_image", "the replacement leaked into the shared model")
+    seen = si.with_forward_image(model, forward_image)
+    assert seen.no_mem_embed is model.no_mem_embed and seen.device == model.device, why(
+        "with_forward_image", "other attributes are not the model's")
+    got, ref = si.image_features(view)[0], si.image_features(encoded)[0]
+    torch.testing.assert_close(got["image_embed"], ref["image_embed"], rtol=0, atol=0, msg=why(
+        "backbone_out", "features differ after the round trip through backbone_tensors"))
+    for a, b in zip(got["high_res_feats"], ref["high_res_feats"], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_low_res_view_skips_only_the_upsampling(predictor, encoded):
     full, low = si.image_predictor_view(predictor), si.image_predictor_view(predictor)
     for view in (full, low):

@@ -1,0 +1,169 @@
+"""sam2_serve.models.fast_encoder without Ray: OpenVINO's encoder against torch and upstream, its cache, its fallbacks.
+
+The tiny model at 1024 (what SAM2ImagePredictor takes). One export per session (``fast``, into the cache folder
+beside the session's checkpoint); the tests that rebuild an entry work on their own copy of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from sam2_serve.models import fast_encoder as fe
+from sam2_serve.models.image import ImageModel
+from sam2_serve.models.loader import load_model
+from sam2_serve.testing import TINY, iou
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_checkpoint):
+    return load_model(TINY, tiny_checkpoint, "cpu")
+
+
+@pytest.fixture(scope="module")
+def cache(loaded):
+    """The default cache folder, beside the session's checkpoint: shared with test_amg and the integration app."""
+    return fe.cache_root(loaded)
+
+
+@pytest.fixture(scope="module")
+def fast(loaded, cache):
+    return fe.load_fast_encoder(loaded, "auto", cache)
+
+
+@pytest.fixture(scope="module")
+def embeddings(loaded, fast, groceries_rgb):
+    """(OpenVINO's, torch's) embedding of the groceries photo, through ImageModel.encode."""
+    (ours,) = ImageModel(loaded, fast).encode([groceries_rgb], ["g"])
+    (ref,) = ImageModel(loaded).encode([groceries_rgb], ["g"])
+    return ours, ref
+
+
+def test_auto_on_cpu_is_openvino_and_checked(fast, cache):
+    assert fast.backend == "openvino", fast.reason
+    assert fast.cache_entry.parent == cache and fast.forward_image is not None and fast.precision == "f32"
+    assert fast.error is not None and 0 <= fast.error <= fe.RTOL["f32"]
+    assert sorted(p.name for p in fast.cache_entry.iterdir()) == ["manifest.json", "model.bin", "model.xml"]
+
+
+def test_features_equal_torchs(embeddings):
+    """Same structure as torch's embedding, every map within 1e-4 of its largest value (measured: ~1e-6)."""
+    ours, ref = embeddings
+    assert ours.orig_hw == ref.orig_hw and len(ours.high_res_feats) == len(ref.high_res_feats) == 2
+    for a, b in zip((ours.image_embed, *ours.high_res_feats), (ref.image_embed, *ref.high_res_feats)):
+        assert a.shape == b.shape and a.dtype == b.dtype == np.float32
+        assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max(), np.abs(a - b).max() / np.abs(b).max()
+
+
+def test_masks_from_the_fast_embedding_equal_upstream_predictor(loaded, fast, embeddings, groceries_rgb,
+                                                                tiny_checkpoint):
+    from sam2.build_sam import build_sam2
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    from sam2_serve.common.types import ObjectPrompt
+    from sam2_serve.models.registry import get_spec
+
+    upstream = SAM2ImagePredictor(build_sam2(get_spec(TINY).config, str(tiny_checkpoint), device="cpu"))
+    upstream.set_image(groceries_rgb)
+    h, w = groceries_rgb.shape[:2]
+    for point in ([0.45 * w, 0.55 * h], [0.3 * w, 0.6 * h]):
+        coords, labels = np.array([point], np.float32), np.array([1])
+        ref_masks, ref_scores, ref_logits = upstream.predict(coords, labels, multimask_output=True)
+        (pred,) = ImageModel(loaded, fast).decode(embeddings[0], [ObjectPrompt(coords, labels)], multimask_output=True)
+        assert len(pred.masks) == 3
+        for bits, ref in zip(pred.masks, ref_masks):
+            mask = bits.unpack()
+            assert 0 < mask.sum() < mask.size, "trivial mask proves nothing"
+            assert iou(mask, ref > 0) >= 0.99
+        np.testing.assert_allclose(pred.low_res_logits, ref_logits, atol=1e-3)
+        np.testing.assert_allclose(pred.scores, ref_scores, atol=1e-3)
+
+
+def test_the_cache_is_reused(loaded, fast, cache):
+    again = fe.load_fast_encoder(loaded, "auto", cache)
+    assert again.backend == "openvino" and not again.exported and again.cache_entry == fast.cache_entry
+    assert "export" not in again.timings and again.error <= fe.RTOL["f32"]
+
+
+def test_the_key_is_the_checkpoint_sha256_the_network_and_versions(loaded):
+    key = fe._cache_key(loaded, 1024, "f32", "ov-1")
+    assert fe._cache_key(loaded, 1024, "f32", "ov-1") == key
+    assert fe._cache_key(dataclasses.replace(loaded, sha256="0" * 64), 1024, "f32", "ov-1") != key
+    assert fe._cache_key(loaded, 512, "f32", "ov-1") != key
+    assert fe._cache_key(loaded, 1024, "bf16", "ov-1") != key
+    assert fe._cache_key(loaded, 1024, "f32", "ov-2") != key
+
+
+def test_a_manifest_that_does_not_match_is_not_read(fast, tmp_path):
+    entry = shutil.copytree(fast.cache_entry, tmp_path / "entry")
+    key = json.loads((entry / "manifest.json").read_text())["key"]
+    assert fe._entry_ok(entry, key)
+    assert not fe._entry_ok(entry, "another key")
+    with open(entry / "model.xml", "ab") as f:
+        f.write(b" ")
+    assert not fe._entry_ok(entry, key)
+    (entry / "manifest.json").unlink()
+    assert not fe._entry_ok(entry, key)
+
+
+def test_a_corrupt_entry_is_exported_again(loaded, fast, tmp_path, caplog):
+    """Weights damaged and the manifest made to agree: only the start-up check against torch can tell."""
+    cache = tmp_path / "cache"
+    entry = shutil.copytree(fast.cache_entry, cache / fast.cache_entry.name)
+    weights = np.fromfile(entry / "model.bin", dtype=np.uint8)
+    weights[len(weights) // 3: len(weights) // 3 + 4096] ^= 0x55
+    weights.tofile(entry / "model.bin")
+    manifest = json.loads((entry / "manifest.json").read_text())
+    manifest["files"]["model.bin"] = fe.file_sha256(entry / "model.bin")
+    (entry / "manifest.json").write_text(json.dumps(manifest))
+    with caplog.at_level(logging.WARNING, logger=fe.__name__):
+        rebuilt = fe.load_fast_encoder(loaded, "auto", cache)
+    assert rebuilt.backend == "openvino" and rebuilt.exported and rebuilt.error <= fe.RTOL["f32"]
+    assert "exporting it again" in caplog.text
+    assert fe._entry_ok(entry, manifest["key"]) and fe.file_sha256(entry / "model.bin") == fe.file_sha256(
+        fast.cache_entry / "model.bin")
+
+
+def test_torch_when_asked(loaded, cache):
+    enc = fe.load_fast_encoder(loaded, "torch", cache)
+    assert enc.backend == "torch" and enc.forward_image is None
+
+
+def test_the_gpu_stays_torch(loaded, cache, caplog):
+    with caplog.at_level(logging.WARNING, logger=fe.__name__):
+        enc = fe.load_fast_encoder(dataclasses.replace(loaded, device=torch.device("cuda")), "auto", cache)
+    assert enc.backend == "torch" and enc.forward_image is None and "GPU stays torch" in caplog.text
+
+
+def test_without_openvino_torch_runs_with_the_reason_logged(loaded, cache, groceries_rgb, embeddings, monkeypatch,
+                                                            caplog):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # what `import openvino` meets where it is not installed
+    with caplog.at_level(logging.WARNING, logger=fe.__name__):
+        enc = fe.load_fast_encoder(loaded, "openvino", cache)
+    assert enc.backend == "torch" and enc.forward_image is None
+    assert "OpenVINO failed (ModuleNotFoundError" in enc.reason and enc.reason in caplog.text
+    (emb,) = ImageModel(loaded, enc).encode([groceries_rgb], ["g"])
+    np.testing.assert_array_equal(emb.image_embed, embeddings[1].image_embed)  # torch's own forward
+
+
+def test_a_mismatch_beyond_the_tolerance_falls_back_to_torch(loaded, fast, tmp_path, monkeypatch, caplog):
+    """Tolerance 0: the cached entry fails the check, is exported again, fails again: torch, with the reason."""
+    cache = tmp_path / "cache"
+    shutil.copytree(fast.cache_entry, cache / fast.cache_entry.name)
+    monkeypatch.setitem(fe.RTOL, "f32", 0.0)
+    with caplog.at_level(logging.WARNING, logger=fe.__name__):
+        enc = fe.load_fast_encoder(loaded, "auto", cache)
+    assert enc.backend == "torch" and enc.forward_image is None
+    assert "differ from torch's" in enc.reason and enc.reason in caplog.text
+
+
+def test_an_unknown_backend_is_refused(loaded):
+    with pytest.raises(ValueError, match="auto, torch, openvino"):
+        fe.load_fast_encoder(loaded, "onnx")
