@@ -261,7 +261,7 @@ def test_missing_extension_warning_is_matched_and_silenced_once():
         warnings.simplefilter("always")
         fill_holes_in_mask_scores(torch.randn(1, 1, 8, 8), 4)
     assert len(seen) == 1 and seen[0].category is UserWarning, why("silence_missing_extension_warnings", "no warning")
-    assert re.match(si._MISSING_EXTENSION_MESSAGE, str(seen[0].message), re.I), why(
+    assert re.match(si.video._MISSING_EXTENSION_MESSAGE, str(seen[0].message), re.I), why(
         "silence_missing_extension_warnings", f"the pattern does not match sam2's warning {str(seen[0].message)!r}")
     with warnings.catch_warnings(record=True) as seen:
         warnings.resetwarnings()  # no other filter (pytest's own config has one for this warning)
