@@ -113,8 +113,9 @@ class AppArgs(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "bfloat16"] = "float32"
     encoder_backend: Literal["auto", "torch", "openvino"] = Field(
-        "auto", description="What runs the image encoder's network: auto = OpenVINO on the CPU (exported from the "
-        "checkpoint at start, cached on disk, checked against torch; torch if any of it fails), torch on CUDA.")
+        "auto", description="What runs the image encoder's network on the CPU: auto = OpenVINO (exported from the "
+        "checkpoint at start, cached on disk, checked against torch) where a start-up race finds it at most 0.85x "
+        "torch's time, else torch; openvino = OpenVINO whatever its speed; torch. CUDA always runs torch.")
     cache_bytes: int = Field(2 << 30, gt=0, description="Embedding cache bound (~16 MB per image in float32).")
     limits: Limits = Field(default_factory=Limits)
     encoder: EncoderPlacement = Field(default_factory=EncoderPlacement)

@@ -10,7 +10,8 @@ Why OpenVINO: measured on the same inputs (BENCHMARKS.md, encoder), its float32 
 and it runs the encoder faster than torch eager and ONNX Runtime on the CPU.
 
 Start-up (``load_fast_encoder``), on the replica's torch thread:
-1. The backend: ``auto`` is OpenVINO on the CPU and torch on CUDA (the GPU stays torch); ``torch`` is torch.
+1. The backend: ``auto`` is OpenVINO on the CPU where it is measurably faster (step 4), torch on CUDA (the GPU
+   stays torch); ``openvino`` is OpenVINO on the CPU whatever its speed; ``torch`` is torch.
 2. The cache entry ``<cache dir>/<model>-<size>-<key>/``, key = sha256 of the checkpoint's sha256, the network's
    structure, the input size, precision and the versions of OpenVINO, torch, sam2 and this export. The cache dir is
    ``$SAM2_SERVE_CACHE_DIR`` or ``encoder-cache/`` beside the checkpoint. An entry holds ``model.xml``/``.bin``
@@ -18,8 +19,12 @@ Start-up (``load_fast_encoder``), on the replica's torch thread:
    again (under a file lock, so replicas starting together export once), and written atomically.
 3. The check: torch and OpenVINO encode one fixed input; every output must be within ``RTOL[precision]`` x its
    largest magnitude of torch's. An entry from the cache that fails is exported again once.
-Any failure (OpenVINO missing, export or compile error, a mismatch) leaves torch in place, with the reason logged
-and in ``FastEncoder.reason``.
+4. For ``auto``, a race: one more pass of each on the same input (both warm); OpenVINO is kept only when it took
+   at most ``KEEP_IF`` of torch's time. Its compiled network holds its own weights and activation buffers (base-plus
+   at 1024: ~2 GiB more in the replica), which pays on CPUs where it is much faster (measured 2x with AVX-512) and
+   not on those where it is not (0.8-1.0x on an AVX2-only EPYC: BENCHMARKS.md).
+Any failure (OpenVINO missing, export or compile error, a mismatch) or a lost race leaves torch in place, with the
+reason logged and in ``FastEncoder.reason``.
 
 Nothing here runs at import; OpenVINO is imported when an encoder is loaded.
 """
@@ -53,6 +58,8 @@ EXPORT_FORMAT = 1
 # Largest |OpenVINO - torch| allowed on the start-up check, relative to each output's largest |torch| value.
 # Measured: float32 ~1.4e-6 (tiny and base-plus); bfloat16 ~1e-2 on hosts with avx512_bf16.
 RTOL = {"f32": 1e-4, "bf16": 5e-2}
+# ``auto`` keeps OpenVINO when its pass takes at most this fraction of torch's (its memory must buy speed).
+KEEP_IF = 0.85
 _FILES = ("model.xml", "model.bin")
 
 
@@ -95,9 +102,30 @@ def load_fast_encoder(loaded: LoadedModel, backend: EncoderBackend = "auto",
     if loaded.device.type != "cpu":
         return _fallback(f"the model runs on {loaded.device.type}: the GPU stays torch")
     try:
-        return _load_openvino(loaded, Path(cache_dir) if cache_dir else cache_root(loaded))
+        enc = _load_openvino(loaded, Path(cache_dir) if cache_dir else cache_root(loaded))
+        if backend == "auto" and enc.forward_image is not None:
+            torch_s, ov_s = race(loaded.model, enc.forward_image, int(loaded.model.image_size))
+            enc.timings.update(race_torch=torch_s, race_openvino=ov_s)
+            if ov_s > KEEP_IF * torch_s:
+                return _fallback(f"OpenVINO took {ov_s:.2f} s a pass against torch's {torch_s:.2f} s on this CPU "
+                                 f"(auto keeps it only at <= {KEEP_IF:g}x, for its memory; encoder_backend: openvino "
+                                 "forces it)")
+            enc.reason += f"; {ov_s:.2f} s a pass against torch's {torch_s:.2f} s"
+        return enc
     except Exception as exc:  # any failure leaves torch in place: the service still runs, slower
         return _fallback(f"OpenVINO failed ({type(exc).__name__}: {str(exc)[:500]})")
+
+
+def race(model: torch.nn.Module, forward_image: Callable[[torch.Tensor], dict], size: int) -> tuple[float, float]:
+    """Seconds of one warm ``forward_image`` pass of torch and of ``forward_image`` on the same input."""
+    sample = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        start = time.perf_counter()
+        model.forward_image(sample)
+        torch_s = time.perf_counter() - start
+    start = time.perf_counter()
+    forward_image(sample)
+    return torch_s, time.perf_counter() - start
 
 
 def _fallback(reason: str) -> FastEncoder:

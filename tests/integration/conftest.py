@@ -23,6 +23,9 @@ def app_args(checkpoint) -> dict:
             "ingress": {"num_cpus": 0.1, "num_replicas": 2},
             # Batching on the CPU too, so that tests see concurrent images share forward passes.
             "encoder": {"cpu_max_batch_size": 4},
+            # OpenVINO whatever its speed here (auto races it against torch): every served encoding is the fast
+            # path's, so the equivalence tests check it against upstream.
+            "encoder_backend": "openvino",
             # Two tracker replicas (session routing); 256-pixel input so a frame takes ~0.25 s; few sessions each.
             "tracker": {"num_cpus": 0.5, "num_replicas": 2, "hydra_overrides": ["++model.image_size=256"],
                         "max_sessions": 3, "session_ttl_s": 300}}

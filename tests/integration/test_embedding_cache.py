@@ -75,7 +75,7 @@ def test_models_endpoint(base_url, http, tiny_checkpoint):
     r = http.get(f"{base_url}/v1/models", timeout=60)
     assert r.status_code == 200
     [info] = r.json()
-    # encoder_backend: auto on the CPU is OpenVINO, so every integration test encodes through it.
+    # encoder_backend: openvino in the shared app's args, so every integration test encodes through it.
     assert info == {"name": "sam2.1-hiera-tiny", "device": "cpu", "dtype": "float32", "image_size": 1024,
                     "checkpoint_sha256": hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest(),
                     "encoder_backend": "openvino"}

@@ -103,7 +103,8 @@ def assert_same_masks(got_masks, got_scores, expected, got_logits=None):
 
 
 def test_the_image_encoder_runs_on_openvino(base_url, http):
-    """auto on the CPU: the shared app encodes through OpenVINO, so every comparison here is the fast path's."""
+    """The shared app encodes through OpenVINO (encoder_backend: openvino), so every comparison here is the fast
+    path's."""
     [info] = http.get(f"{base_url}/v1/models", timeout=60).json()
     assert info["encoder_backend"] == "openvino", info
 

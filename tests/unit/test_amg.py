@@ -25,7 +25,7 @@ def image_model(tiny_checkpoint):
     from sam2_serve.models.loader import load_model
 
     loaded = load_model("sam2.1-hiera-tiny", tiny_checkpoint, device="cpu")
-    encoder = load_fast_encoder(loaded)
+    encoder = load_fast_encoder(loaded, "openvino")
     assert encoder.backend == "openvino", encoder.reason
     return ImageModel(loaded, encoder)
 

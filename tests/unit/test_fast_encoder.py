@@ -35,7 +35,7 @@ def cache(loaded):
 
 @pytest.fixture(scope="module")
 def fast(loaded, cache):
-    return fe.load_fast_encoder(loaded, "auto", cache)
+    return fe.load_fast_encoder(loaded, "openvino", cache)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def embeddings(loaded, fast, groceries_rgb):
     return ours, ref
 
 
-def test_auto_on_cpu_is_openvino_and_checked(fast, cache):
+def test_openvino_on_cpu_is_exported_and_checked(fast, cache):
     assert fast.backend == "openvino", fast.reason
     assert fast.cache_entry.parent == cache and fast.forward_image is not None and fast.precision == "f32"
     assert fast.error is not None and 0 <= fast.error <= fe.RTOL["f32"]
@@ -87,7 +87,7 @@ def test_masks_from_the_fast_embedding_equal_upstream_predictor(loaded, fast, em
 
 
 def test_the_cache_is_reused(loaded, fast, cache):
-    again = fe.load_fast_encoder(loaded, "auto", cache)
+    again = fe.load_fast_encoder(loaded, "openvino", cache)
     assert again.backend == "openvino" and not again.exported and again.cache_entry == fast.cache_entry
     assert "export" not in again.timings and again.error <= fe.RTOL["f32"]
 
@@ -124,11 +124,28 @@ def test_a_corrupt_entry_is_exported_again(loaded, fast, tmp_path, caplog):
     manifest["files"]["model.bin"] = fe.file_sha256(entry / "model.bin")
     (entry / "manifest.json").write_text(json.dumps(manifest))
     with caplog.at_level(logging.WARNING, logger=fe.__name__):
-        rebuilt = fe.load_fast_encoder(loaded, "auto", cache)
+        rebuilt = fe.load_fast_encoder(loaded, "openvino", cache)
     assert rebuilt.backend == "openvino" and rebuilt.exported and rebuilt.error <= fe.RTOL["f32"]
     assert "exporting it again" in caplog.text
     assert fe._entry_ok(entry, manifest["key"]) and fe.file_sha256(entry / "model.bin") == fe.file_sha256(
         fast.cache_entry / "model.bin")
+
+
+@pytest.mark.parametrize("ov_s, kept", [(0.5, True), (0.84, True), (0.9, False), (1.2, False)])
+def test_auto_keeps_openvino_only_where_it_is_faster(loaded, fast, cache, monkeypatch, caplog, ov_s, kept):
+    """auto races one warm pass of each (``fe.race``, timed here as given): OpenVINO stays at <= KEEP_IF of
+    torch's time, else torch runs with the times in the reason."""
+    monkeypatch.setattr(fe, "race", lambda model, forward, size: (1.0, ov_s))
+    with caplog.at_level(logging.WARNING, logger=fe.__name__):
+        enc = fe.load_fast_encoder(loaded, "auto", cache)
+    assert enc.backend == ("openvino" if kept else "torch"), enc.reason
+    assert (enc.forward_image is not None) == kept and f"{ov_s:.2f} s a pass against torch's 1.00 s" in enc.reason
+    assert kept or enc.reason in caplog.text
+
+
+def test_the_race_times_both(loaded, fast):
+    torch_s, ov_s = fe.race(loaded.model, fast.forward_image, int(loaded.model.image_size))
+    assert torch_s > 0 and ov_s > 0
 
 
 def test_torch_when_asked(loaded, cache):
@@ -170,7 +187,7 @@ def test_a_mismatch_beyond_the_tolerance_falls_back_to_torch(loaded, fast, tmp_p
     monkeypatch.setattr(fe, "_export", export_again)
     monkeypatch.setitem(fe.RTOL, "f32", 0.0)
     with caplog.at_level(logging.WARNING, logger=fe.__name__):
-        enc = fe.load_fast_encoder(loaded, "auto", cache)
+        enc = fe.load_fast_encoder(loaded, "openvino", cache)
     assert enc.backend == "torch" and enc.forward_image is None and len(exports) == 1
     assert "differ from torch's" in enc.reason and enc.reason in caplog.text
 
