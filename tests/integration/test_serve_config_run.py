@@ -47,7 +47,7 @@ def served(tmp_path_factory):
                             stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 600
+        deadline = time.time() + 780  # both waits; under pytest's 900 s per test
         while time.time() < deadline:
             assert proc.poll() is None, (tmp / "serve.log").read_text()[-3000:]
             try:
@@ -58,6 +58,18 @@ def served(tmp_path_factory):
             time.sleep(2)
         else:
             pytest.fail("sam2-serve serve did not come up:\n" + (tmp / "serve.log").read_text()[-3000:])
+        # The ingress answers /healthz first; the model replicas may still be starting (on the CPU the encoder
+        # exports its network to OpenVINO at a first start and races it against torch): wait for /v1/models.
+        while time.time() < deadline:
+            assert proc.poll() is None, (tmp / "serve.log").read_text()[-3000:]
+            try:
+                if requests.get(f"{base}/v1/models", timeout=60).status_code == 200:
+                    break
+            except (requests.ConnectionError, requests.Timeout):
+                pass
+            time.sleep(2)
+        else:
+            pytest.fail("the model deployments did not come up:\n" + (tmp / "serve.log").read_text()[-3000:])
         log.flush()
         text = (tmp / "serve.log").read_text()
         # the checkpoint was checked before Ray started, then `serve run` took over the same process
