@@ -29,6 +29,19 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _wait_for(proc, url: str, timeout_s: float, deadline: float, log: Path, what: str) -> None:
+    """Poll ``url`` until it answers 200; fail with the log's tail if ``proc`` exits or ``deadline`` passes."""
+    while time.time() < deadline:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            if requests.get(url, timeout=timeout_s).status_code == 200:
+                return
+        except (requests.ConnectionError, requests.Timeout):
+            pass
+        time.sleep(2)
+    pytest.fail(f"{what}:\n" + log.read_text()[-3000:])
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve_run")
@@ -48,28 +61,10 @@ def served(tmp_path_factory):
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 780  # both waits; under pytest's 900 s per test
-        while time.time() < deadline:
-            assert proc.poll() is None, (tmp / "serve.log").read_text()[-3000:]
-            try:
-                if requests.get(f"{base}/healthz", timeout=5).status_code == 200:
-                    break
-            except (requests.ConnectionError, requests.Timeout):
-                pass
-            time.sleep(2)
-        else:
-            pytest.fail("sam2-serve serve did not come up:\n" + (tmp / "serve.log").read_text()[-3000:])
+        _wait_for(proc, f"{base}/healthz", 5, deadline, tmp / "serve.log", "sam2-serve serve did not come up")
         # The ingress answers /healthz first; the model replicas may still be starting (on the CPU the encoder
         # exports its network to OpenVINO at a first start and races it against torch): wait for /v1/models.
-        while time.time() < deadline:
-            assert proc.poll() is None, (tmp / "serve.log").read_text()[-3000:]
-            try:
-                if requests.get(f"{base}/v1/models", timeout=60).status_code == 200:
-                    break
-            except (requests.ConnectionError, requests.Timeout):
-                pass
-            time.sleep(2)
-        else:
-            pytest.fail("the model deployments did not come up:\n" + (tmp / "serve.log").read_text()[-3000:])
+        _wait_for(proc, f"{base}/v1/models", 60, deadline, tmp / "serve.log", "the model deployments did not come up")
         log.flush()
         text = (tmp / "serve.log").read_text()
         # the checkpoint was checked before Ray started, then `serve run` took over the same process

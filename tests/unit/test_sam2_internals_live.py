@@ -8,7 +8,7 @@ import torch
 
 from sam2_serve.models import sam2_internals as si
 from tests.unit.test_sam2_internals import why
-from tests.unit.test_sam2_internals_video import _POINT, _init_state, frames_dir, video_model  # noqa: F401
+from tests.unit.test_sam2_internals_video import _POINT, _init_state, _propagated, frames_dir, video_model  # noqa: F401
 
 _NEGATIVE = dict(points=np.array([[300, 200]], np.float32), labels=np.array([0], np.int32), clear_old_points=False)
 
@@ -47,11 +47,8 @@ def _tracked_state(P, frames_dir, correct_on=()):  # noqa: F811
 
 def test_record_tracked_makes_a_prompt_a_correction_as_after_propagation(video_model, frames_dir):  # noqa: F811
     P = video_model
-    ref = _init_state(P, frames_dir)
     with torch.inference_mode():
-        P.add_new_points_or_box(ref, 0, "a", **_POINT)
-        for _ in P.propagate_in_video(ref):
-            pass
+        ref = _propagated(P, frames_dir)
         _, _, ref_fix = P.add_new_points_or_box(ref, 2, "a", **_NEGATIVE)
         state = _tracked_state(P, frames_dir)
         assert state["frames_tracked_per_obj"][0] == {2: ref["frames_tracked_per_obj"][0][2]}, why(

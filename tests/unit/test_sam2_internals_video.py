@@ -207,15 +207,22 @@ def test_memory_dtype_fix(video_model):
     assert kwargs["memory"].dtype == torch.float32 and out.dtype == torch.float32, why("fix_memory_dtype", "no cast")
 
 
+def _propagated(model, frames_dir):
+    """Upstream's state after one click on frame 0 and ``propagate_in_video`` over the 3 frames (call in
+    inference mode)."""
+    state = _init_state(model, frames_dir)
+    model.add_new_points_or_box(state, 0, "a", **_POINT)
+    for _ in model.propagate_in_video(state):
+        pass
+    return state
+
+
 def test_object_frames_and_drop_frames_read_upstreams_state(video_model, frames_dir):
     """The bounded sessions' touches (``session_window``): which frames upstream holds an object on after a
     prompt, a propagation and a correction, and dropping a tracked frame removes all sam2 holds of it there."""
     P = video_model
-    state = _init_state(P, frames_dir)
     with torch.inference_mode():
-        P.add_new_points_or_box(state, 0, "a", **_POINT)
-        for _ in P.propagate_in_video(state):
-            pass
+        state = _propagated(P, frames_dir)
         held = si.object_frames(state, 0)
         assert held.cond == {0} and held.non_cond == {1, 2}, why("object_frames", f"{held}")
         assert held.tracked == {0: False, 1: False, 2: False}, why("object_frames", f"tracked {held.tracked}")
