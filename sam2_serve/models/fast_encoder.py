@@ -22,7 +22,8 @@ Start-up (``load_fast_encoder``), on the replica's torch thread:
 4. For ``auto``, a race: one more pass of each on the same input (both warm); OpenVINO is kept only when it took
    at most ``KEEP_IF`` of torch's time. Its compiled network holds its own weights and activation buffers (base-plus
    at 1024: ~2 GiB more in the replica), which pays on CPUs where it is much faster (measured 2x with AVX-512) and
-   not on those where it is not (0.8-1.0x on an AVX2-only EPYC: BENCHMARKS.md).
+   not on those where it is not (0.8-1.0x on an AVX2-only EPYC: BENCHMARKS.md). The race's times are kept in the
+   entry per kind of CPU (``race.json``), so later starts on such a machine do not race again.
 Any failure (OpenVINO missing, export or compile error, a mismatch) or a lost race leaves torch in place, with the
 reason logged and in ``FastEncoder.reason``.
 
@@ -35,6 +36,7 @@ import hashlib
 import json
 import logging
 import os
+import platform
 import shutil
 import tempfile
 import time
@@ -61,6 +63,8 @@ RTOL = {"f32": 1e-4, "bf16": 5e-2}
 # ``auto`` keeps OpenVINO when its pass takes at most this fraction of torch's (its memory must buy speed).
 KEEP_IF = 0.85
 _FILES = ("model.xml", "model.bin")
+# Race outcomes per CPU (``cpu_signature``) in an entry; not part of the network, so not in its manifest.
+RACE_FILE = "race.json"
 
 
 @dataclass
@@ -104,13 +108,12 @@ def load_fast_encoder(loaded: LoadedModel, backend: EncoderBackend = "auto",
     try:
         enc = _load_openvino(loaded, Path(cache_dir) if cache_dir else cache_root(loaded))
         if backend == "auto" and enc.forward_image is not None:
-            torch_s, ov_s = race(loaded.model, enc.forward_image, int(loaded.model.image_size))
-            enc.timings.update(race_torch=torch_s, race_openvino=ov_s)
+            torch_s, ov_s, when = _race_once(loaded.model, enc)
             if ov_s > KEEP_IF * torch_s:
                 return _fallback(f"OpenVINO took {ov_s:.2f} s a pass against torch's {torch_s:.2f} s on this CPU "
-                                 f"(auto keeps it only at <= {KEEP_IF:g}x, for its memory; encoder_backend: openvino "
-                                 "forces it)")
-            enc.reason += f"; {ov_s:.2f} s a pass against torch's {torch_s:.2f} s"
+                                 f"{when} (auto keeps it only at <= {KEEP_IF:g}x, for its memory; encoder_backend: "
+                                 "openvino forces it)")
+            enc.reason += f"; {ov_s:.2f} s a pass against torch's {torch_s:.2f} s {when}"
         return enc
     except Exception as exc:  # any failure leaves torch in place: the service still runs, slower
         return _fallback(f"OpenVINO failed ({type(exc).__name__}: {str(exc)[:500]})")
@@ -126,6 +129,51 @@ def race(model: torch.nn.Module, forward_image: Callable[[torch.Tensor], dict], 
     start = time.perf_counter()
     forward_image(sample)
     return torch_s, time.perf_counter() - start
+
+
+def cpu_signature() -> str:
+    """What the race's outcome depends on besides the network: the CPU model, the instruction set torch uses and
+    the threads this process runs with."""
+    name = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name} | {torch.backends.cpu.get_cpu_capability()} | {torch.get_num_threads()} threads"
+
+
+def _race_once(model: torch.nn.Module, enc: FastEncoder) -> tuple[float, float, str]:
+    """``race``'s times for ``enc``'s entry on this CPU (``cpu_signature``), run at the first start and kept in
+    the entry's ``race.json``: a later start on the same kind of machine skips two warm passes (~20 s for
+    base-plus on 2 cores). Returns (torch seconds, OpenVINO seconds, when they were measured)."""
+    path, sig = enc.cache_entry / RACE_FILE, cpu_signature()
+    verdicts = _read_json(path)
+    try:
+        torch_s, ov_s = float(verdicts[sig]["torch_s"]), float(verdicts[sig]["openvino_s"])
+        enc.timings.update(race_torch=torch_s, race_openvino=ov_s)
+        return torch_s, ov_s, "(raced at an earlier start on this CPU)"
+    except (KeyError, TypeError, ValueError):  # none yet for this CPU, or unreadable: race now
+        pass
+    torch_s, ov_s = race(model, enc.forward_image, int(model.image_size))
+    enc.timings.update(race_torch=torch_s, race_openvino=ov_s)
+    verdicts[sig] = {"torch_s": torch_s, "openvino_s": ov_s}
+    try:  # atomic: replicas starting together may both write
+        fd, tmp = tempfile.mkstemp(prefix=f".{RACE_FILE}-", dir=enc.cache_entry)
+        with os.fdopen(fd, "w") as f:
+            json.dump(verdicts, f, indent=1)
+        os.replace(tmp, path)
+    except OSError as exc:
+        logger.warning("image encoder: could not record the race in %s (%s); the next start races again", path, exc)
+    return torch_s, ov_s, "(raced at this start)"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def _fallback(reason: str) -> FastEncoder:

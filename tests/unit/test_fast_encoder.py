@@ -50,7 +50,7 @@ def test_openvino_on_cpu_is_exported_and_checked(fast, cache):
     assert fast.backend == "openvino", fast.reason
     assert fast.cache_entry.parent == cache and fast.forward_image is not None and fast.precision == "f32"
     assert fast.error is not None and 0 <= fast.error <= fe.RTOL["f32"]
-    assert sorted(p.name for p in fast.cache_entry.iterdir()) == ["manifest.json", "model.bin", "model.xml"]
+    assert {"manifest.json", "model.bin", "model.xml"} <= {p.name for p in fast.cache_entry.iterdir()}
 
 
 def test_features_equal_torchs(embeddings):
@@ -136,11 +136,47 @@ def test_auto_keeps_openvino_only_where_it_is_faster(loaded, fast, cache, monkey
     """auto races one warm pass of each (``fe.race``, timed here as given): OpenVINO stays at <= KEEP_IF of
     torch's time, else torch runs with the times in the reason."""
     monkeypatch.setattr(fe, "race", lambda model, forward, size: (1.0, ov_s))
+    monkeypatch.setattr(fe, "cpu_signature", lambda: f"a CPU where OpenVINO takes {ov_s}")  # no earlier verdict
     with caplog.at_level(logging.WARNING, logger=fe.__name__):
         enc = fe.load_fast_encoder(loaded, "auto", cache)
     assert enc.backend == ("openvino" if kept else "torch"), enc.reason
     assert (enc.forward_image is not None) == kept and f"{ov_s:.2f} s a pass against torch's 1.00 s" in enc.reason
     assert kept or enc.reason in caplog.text
+
+
+def test_the_race_is_run_once_per_kind_of_cpu(loaded, fast, tmp_path, monkeypatch):
+    """The first auto start on a CPU races and records the times in the entry; a later start on the same kind of
+    CPU takes the same verdict without racing; another kind of CPU (or a lost record) races again."""
+    cache = tmp_path / "cache"
+    shutil.copytree(fast.cache_entry, cache / fast.cache_entry.name, ignore=shutil.ignore_patterns(fe.RACE_FILE))
+    races = []
+
+    def timed(times):
+        def race(model, forward, size):
+            races.append(times)
+            return times
+        return race
+
+    monkeypatch.setattr(fe, "cpu_signature", lambda: "cpu A")
+    monkeypatch.setattr(fe, "race", timed((1.0, 2.0)))
+    first = fe.load_fast_encoder(loaded, "auto", cache)
+    assert first.backend == "torch" and "(raced at this start)" in first.reason and len(races) == 1
+    monkeypatch.setattr(fe, "race", timed((1.0, 0.5)))  # would keep OpenVINO, were it asked
+    again = fe.load_fast_encoder(loaded, "auto", cache)
+    assert again.backend == "torch" and "2.00 s a pass" in again.reason and "earlier start" in again.reason
+    assert len(races) == 1
+    monkeypatch.setattr(fe, "cpu_signature", lambda: "cpu B")
+    other = fe.load_fast_encoder(loaded, "auto", cache)
+    assert other.backend == "openvino" and len(races) == 2 and "(raced at this start)" in other.reason
+    assert set(json.loads((other.cache_entry / fe.RACE_FILE).read_text())) == {"cpu A", "cpu B"}
+    (other.cache_entry / fe.RACE_FILE).write_text("{not json")
+    monkeypatch.setattr(fe, "cpu_signature", lambda: "cpu A")
+    assert fe.load_fast_encoder(loaded, "auto", cache).backend == "openvino" and len(races) == 3
+
+
+def test_the_cpu_signature_names_the_cpu_and_threads():
+    sig = fe.cpu_signature()
+    assert f"{torch.get_num_threads()} threads" in sig and torch.backends.cpu.get_cpu_capability() in sig
 
 
 def test_the_race_times_both(loaded, fast):
