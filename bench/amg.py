@@ -9,6 +9,8 @@ embedding evicted first, so both include one encoder pass. Wall time is the ``ge
 Memory: resident set sampled every 20 ms, of the upstream process during ``generate`` and of the MaskDecoder
 replica(s) during the request; both as the peak and as the peak above the process's size just before.
 Output: same number of masks, each matched in order (upstream sorted by predicted IoU) with its mask IoU and score.
+With ``--upstream-alone`` upstream also runs as a user runs it, with no Ray on the machine: before the application
+starts and again after it stops; the served time against their mean is issue 15's figure (defaults <= 0.25x).
 """
 
 from __future__ import annotations
@@ -186,6 +188,8 @@ def main() -> None:
     ap.add_argument("--decoder-replicas", type=int, default=1)
     ap.add_argument("--decoder-threads", type=int, default=None, help="torch threads per decoder replica")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--upstream-alone", action="store_true",
+                    help="also run upstream with no Ray running, before and after the served run (issue 15)")
     args = ap.parse_args()
 
     from sam2_serve.common.images import decode_image, image_id
@@ -197,11 +201,21 @@ def main() -> None:
     print(f"# {machine()}\n# {args.model}, {image.name} {rgb.shape[1]}x{rgb.shape[0]}, "
           f"points_per_side={args.points_per_side}, decoder replicas={args.decoder_replicas} "
           f"(torch threads {args.decoder_threads or 'all'}); load average {os.getloadavg()}", flush=True)
+    settings = {name: {"points_per_side": args.points_per_side, "multimask_output": False, **SETTINGS[name]}
+                for name in args.settings.split(",")}
+    alone = {name: [] for name in settings}
+
+    def run_alone():
+        for name, params in settings.items():
+            alone[name].append(upstream(ckpt, args.model, image, params)["wall"])
+            print(f"# upstream alone {name}: {alone[name][-1]:.1f} s", flush=True)
+
+    if args.upstream_alone:
+        run_alone()
     served = Served(ckpt, args.model, args.decoder_replicas, args.decoder_threads)
     rows, results = [], {}
     try:
-        for name in args.settings.split(","):
-            params = {"points_per_side": args.points_per_side, "multimask_output": False, **SETTINGS[name]}
+        for name, params in settings.items():
             up = upstream(ckpt, args.model, image, params)
             print(f"# upstream {name}: {up['wall']:.1f} s, {len(up['records'])} masks, peak {up['peak'] / 2**20:.0f} MiB",
                   flush=True)
@@ -221,6 +235,16 @@ def main() -> None:
             print(json.dumps({name: r}), flush=True)
     finally:
         served.close()
+    if args.upstream_alone:
+        run_alone()
+        alone_rows = []
+        for name, walls in alone.items():
+            served_s, mean = results[name]["served_s"], float(np.mean(walls))
+            results[name]["upstream_alone_s"] = walls
+            alone_rows.append((name, " / ".join(f"{w:.1f}" for w in walls), f"{served_s:.1f}",
+                               f"{served_s / mean:.2f}x", "<= 0.25x" if name == "defaults" else "(reported)"))
+        print(table(alone_rows, ("setting", "upstream alone s (before / after)", "served s", "ratio to their mean",
+                                 "target")))
     print(table(rows, ("setting", "upstream s", "served s", "ratio", "upstream MiB (+during)",
                        "decoder MiB (+during)", "masks served/upstream", "min IoU", "identical RLE",
                        "max score diff")))

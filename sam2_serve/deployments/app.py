@@ -113,9 +113,10 @@ class AppArgs(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "bfloat16"] = "float32"
     encoder_backend: Literal["auto", "torch", "openvino"] = Field(
-        "auto", description="What runs the image encoder's network on the CPU: auto = OpenVINO (exported from the "
-        "checkpoint at start, cached on disk, checked against torch) where a start-up race finds it at most 0.85x "
-        "torch's time, else torch; openvino = OpenVINO whatever its speed; torch. CUDA always runs torch.")
+        "auto", description="What runs the image encoder's network on the CPU, for images (ImageEncoder) and for "
+        "each video frame (VideoTracker): auto = OpenVINO (exported from the checkpoint at start, cached on disk, "
+        "checked against torch) where a start-up race finds it at most 0.85x torch's time, else torch; openvino = "
+        "OpenVINO whatever its speed; torch. CUDA always runs torch.")
     cache_bytes: int = Field(2 << 30, gt=0, description="Embedding cache bound (~16 MB per image in float32).")
     limits: Limits = Field(default_factory=Limits)
     encoder: EncoderPlacement = Field(default_factory=EncoderPlacement)
@@ -234,7 +235,8 @@ def bind_app(args: AppArgs | dict, checkpoint_sha256: str | None = None) -> Appl
         **_options(t, gpu, retry, model_env, log)).bind(
         **model_kwargs, torch_threads=t.torch_threads, hydra_overrides=t.hydra_overrides,
         session_ttl_s=t.session_ttl_s, max_sessions=t.max_sessions, stuck_after_s=t.stuck_after_s,
-        max_live_streams=t.max_live_streams, session_keep_frames=t.session_keep_frames)
+        max_live_streams=t.max_live_streams, session_keep_frames=t.session_keep_frames,
+        encoder_backend=a.encoder_backend)
     # serve.ingress() without an app: each replica builds its FastAPI app from SAM2Ingress.__serve_build_asgi_app__.
     ingress = serve.deployment(serve.ingress()(SAM2Ingress), name="SAM2Ingress",
                                **_options(a.ingress, False, retry, io_env, log)).bind(

@@ -94,14 +94,18 @@ class VideoTracker:
                  torch_threads: int | None = None, hydra_overrides: Sequence[str] = (),
                  session_ttl_s: float = 600.0, max_sessions: int = 8, checkpoint_sha256: str | None = None,
                  stuck_after_s: float | None = None, max_live_streams: int = 8,
-                 session_keep_frames: int | None = None):
+                 session_keep_frames: int | None = None, encoder_backend: str = "auto"):
+        from sam2_serve.models.fast_encoder import load_fast_encoder
         from sam2_serve.models.video import VideoModel
 
         self.torch = TorchThread()
         self.stuck_after_s = stuck_after_s
         loaded = self.torch.call(load_for_replica, model, checkpoint, device, dtype, torch_threads, video=True,
                                  hydra_overrides=list(hydra_overrides), expected_sha256=checkpoint_sha256)
-        self.model = VideoModel(loaded)
+        # Each frame's backbone pass as the ImageEncoder's (an entry of its own where the input size differs).
+        encoder = self.torch.call(load_fast_encoder, loaded, encoder_backend)
+        logger.info("VideoTracker: frame backbone on %s: %s", encoder.backend, encoder.reason)
+        self.model = VideoModel(loaded, encoder)
         self.session_ttl_s = float(session_ttl_s)
         self.max_sessions = int(max_sessions)
         self.session_keep_frames = session_keep_frames  # sessions on longer videos keep bounded state
@@ -389,4 +393,4 @@ class VideoTracker:
         return {"replica": self.tag, "sessions": len(self._sessions), "streams_active": m.streams.value,
                 "streams_started": m.streams_started.value, "frames_tracked": m.frames.value,
                 "streams_cancelled": m.streams_cancelled.value, "session_ids": list(self._sessions),
-                "live_streams": len(self._live)}
+                "live_streams": len(self._live), "encoder_backend": self.model.encoder.backend}

@@ -27,6 +27,8 @@ Start-up (``load_fast_encoder``), on the replica's torch thread:
 Any failure (OpenVINO missing, export or compile error, a mismatch) or a lost race leaves torch in place, with the
 reason logged and in ``FastEncoder.reason``.
 
+The VideoTracker runs each frame's backbone pass through the same loader (``VideoModel(loaded, encoder)``).
+
 Nothing here runs at import; OpenVINO is imported when an encoder is loaded.
 """
 
@@ -56,7 +58,8 @@ logger = logging.getLogger(__name__)
 EncoderBackend = Literal["auto", "torch", "openvino"]
 BACKENDS = ("auto", "torch", "openvino")
 # Bump when what is exported, or how, changes: entries written before are then never read.
-EXPORT_FORMAT = 1
+# 2: the network's key is its modules' structure without the model's class (image and video models share entries).
+EXPORT_FORMAT = 2
 # Largest |OpenVINO - torch| allowed on the start-up check, relative to each output's largest |torch| value.
 # Measured: float32 ~1.4e-6 (tiny and base-plus); bfloat16 ~1e-2 on hosts with avx512_bf16.
 RTOL = {"f32": 1e-4, "bf16": 5e-2}
@@ -231,11 +234,15 @@ def _load_openvino(loaded: LoadedModel, root: Path) -> FastEncoder:
 
 def _cache_key(loaded: LoadedModel, size: int, precision: str, ov_version: str) -> str:
     """sha256 of everything the exported network depends on: weights (the checkpoint's sha256), structure (the
-    modules' repr: config overrides that change the network show there), input size, precision, versions."""
+    modules' repr: config overrides that change the network show there), input size, precision, versions. The
+    structure is the model's submodules, not its class: the image model and the video predictor built from one
+    config and checkpoint export the same ``forward_image``, so an ImageEncoder and a VideoTracker at the same input
+    size share one entry."""
     import sam2
 
+    network = "\n".join(f"{name}: {module!r}" for name, module in loaded.model.named_children())
     fields = {"format": EXPORT_FORMAT, "checkpoint_sha256": loaded.sha256, "config": loaded.spec.config,
-              "network": hashlib.sha256(repr(loaded.model).encode()).hexdigest(), "image_size": size,
+              "network": hashlib.sha256(network.encode()).hexdigest(), "image_size": size,
               "precision": precision, "openvino": ov_version, "torch": torch.__version__,
               "sam2": getattr(sam2, "__version__", sam2_internals.SAM2_PIN)}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()

@@ -37,6 +37,7 @@ from sam2_serve.common.masks import mask_box
 from sam2_serve.common.videos import FrameReader
 from sam2_serve.common.types import TrackedFrame, TrackedObject, VideoObjectPrompt
 from sam2_serve.models import sam2_internals
+from sam2_serve.models.fast_encoder import FastEncoder
 from sam2_serve.models.loader import LoadedModel
 from sam2_serve.models.sam2_internals import fix_memory_dtype
 
@@ -91,13 +92,19 @@ class VideoModel:
     """Ray-free video tracker over one loaded ``SAM2VideoPredictor`` (stateless itself: state lives in streams
     and sessions, so concurrent streams share the weights without a lock)."""
 
-    def __init__(self, loaded: LoadedModel):
+    def __init__(self, loaded: LoadedModel, encoder: Optional[FastEncoder] = None):
+        """``encoder``: the runtime of each frame's backbone pass (``fast_encoder.load_fast_encoder``); None or a
+        torch one: the model's own ``forward_image``. Everything else (memory attention and encoder, the decoder)
+        runs upstream's torch code either way."""
         from sam2.sam2_video_predictor import SAM2VideoPredictor
 
         if not isinstance(loaded.model, SAM2VideoPredictor):
             raise TypeError("VideoModel needs a model loaded with load_model(..., video=True)")
         self.loaded = loaded
+        self.encoder = encoder or FastEncoder("torch", "the model's own forward_image")
         self.predictor = loaded.model
+        if self.encoder.forward_image is not None:  # a view: the loaded model itself stays all torch
+            self.predictor = sam2_internals.video_predictor_view(loaded.model, self.encoder.forward_image)
         fix_memory_dtype(self.predictor)
         sam2_internals.silence_missing_extension_warnings()
 

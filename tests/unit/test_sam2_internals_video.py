@@ -237,3 +237,29 @@ def test_object_frames_and_drop_frames_read_upstreams_state(video_model, frames_
             "drop_frames", f"tracked frames still held: {after}")
         assert set(state["point_inputs_per_obj"][0]) == {0}, why(
             "drop_frames", "the correction on a dropped frame kept, or the prompted frame's prompt lost")
+
+
+def test_a_view_with_another_forward_image_runs_it_for_every_frame(video_model, frames_dir):
+    """``video_predictor_view``: upstream's own propagation on the view calls the given ``forward_image`` for each
+    frame's backbone pass (here torch's own, counted, so the masks must be upstream's exactly); the original model
+    and its weights are untouched and shared."""
+    P, calls = video_model, []
+
+    def counted(img_batch):
+        calls.append(tuple(img_batch.shape))
+        return type(P).forward_image(P, img_batch)
+
+    view = si.video_predictor_view(P, counted)
+    assert view.image_encoder is P.image_encoder and "forward_image" not in vars(P), why(
+        "video_predictor_view", "the view does not share the model's modules, or the original was changed")
+    with torch.inference_mode():
+        ref_state, state = _init_state(P, frames_dir), _init_state(P, frames_dir)
+        calls.clear()  # init_state's warm-up pass ran on the original
+        P.add_new_points_or_box(ref_state, 0, "a", **_POINT)
+        ref = [logits for _, _, logits in P.propagate_in_video(ref_state)]
+        view.add_new_points_or_box(state, 0, "a", **_POINT)
+        ours = [logits for _, _, logits in view.propagate_in_video(state)]
+    assert len(calls) >= 2 and all(c == (1, 3, P.image_size, P.image_size) for c in calls), why(
+        "video_predictor_view", f"forward_image calls {calls}: frames did not go through the given forward_image")
+    for f, (a, b) in enumerate(zip(ours, ref)):
+        torch.testing.assert_close(a, b, msg=why("video_predictor_view", f"frame {f} differs from upstream's"))

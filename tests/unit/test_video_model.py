@@ -101,6 +101,30 @@ def test_two_objects_prompted_on_different_frames(model, loaded, video_bytes, sh
             assert_same_mask(o.mask, ref, f"frame {f.index} object {o.track_id}")
 
 
+def test_frames_encoded_by_openvino_equal_upstream(loaded, video_bytes, short_dir):
+    """The tracker's fast path (encoder_backend openvino): each frame's backbone pass on OpenVINO, the rest upstream's
+    torch code; masks and logits equal upstream's all-torch propagation. The entry (tiny at 256) is the one the
+    integration app's trackers export, in the cache beside the session's checkpoint."""
+    from sam2_serve.models.fast_encoder import load_fast_encoder
+    from sam2_serve.models.video import VideoModel
+
+    fast = load_fast_encoder(loaded, "openvino")
+    assert fast.backend == "openvino", fast.reason
+    model = VideoModel(loaded, fast)
+    assert model.predictor is not loaded.model and model.predictor.forward_image is fast.forward_image
+    points, labels = _pt(480, 300)
+    n = 8
+    ours = list(model.track(FrameReader(video_bytes), [VideoObjectPrompt(0, "1", points, labels)], 0, n,
+                            with_logits=True))
+    ref, _ = upstream_run(loaded.model, short_dir, [dict(frame_idx=0, obj_id=1, points=points, labels=labels)])
+    assert [f.index for f in ours] == list(range(n))
+    for f in ours:
+        (obj,) = f.objects
+        mask, logits, score = ref[f.index][1]
+        assert_same_mask(obj.mask, mask, f"frame {f.index}")
+        np.testing.assert_allclose(obj.logits, logits, atol=1e-3)
+
+
 def test_session_correction_equals_upstream(model, loaded, frames, short_dir):
     """Click, propagate, correction click mid-video, propagate again: every step equal to upstream's."""
     import torch

@@ -37,7 +37,7 @@ __all__ = TOUCHES = (
     # SAM2VideoPredictor: sessions on long videos (bounded state)
     "object_frames", "drop_frames",
     # SAM2VideoPredictor: model attributes and hooks
-    "fix_memory_dtype", "silence_missing_extension_warnings",
+    "video_predictor_view", "fix_memory_dtype", "silence_missing_extension_warnings",
     # checkpoints
     "OBJECT_SCORE_BIAS_KEY",
 )
@@ -51,6 +51,7 @@ from sam2_serve.models.sam2_internals.video import (  # noqa: E402  (re-exported
     FRAME_OUTPUT_KEYS, new_inference_state, state_frames, video_size, num_frames, object_ids, frame_features,
     set_frame_features, consolidate_prompts, track_object, video_res_masks, frame_output, mask_logits,
     object_score, memory_window, prune_outputs, record_tracked, prune_inputs, object_frames,
-    drop_frames, output_counts, per_frame_tensors, fix_memory_dtype, silence_missing_extension_warnings,
+    drop_frames, output_counts, per_frame_tensors, video_predictor_view, fix_memory_dtype,
+    silence_missing_extension_warnings,
     OBJECT_SCORE_BIAS_KEY,
 )

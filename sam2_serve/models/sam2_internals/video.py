@@ -4,6 +4,7 @@ tested against the pinned sam2)."""
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections import OrderedDict
 from typing import NamedTuple, Optional, Sequence
@@ -241,6 +242,19 @@ def per_frame_tensors(state: dict, inputs: bool = True) -> list:
 
 
 # ---- SAM2VideoPredictor: model attributes and hooks ----------------------------------------------------------------------
+
+def video_predictor_view(predictor, forward_image):
+    """A shallow copy of a ``SAM2VideoPredictor`` whose ``forward_image`` (B x 3 x S x S float32 -> the dict
+    ``backbone_out`` builds) is ``forward_image``: the same modules and weights, the original untouched.
+
+    Relies on ``_get_image_feature`` (every frame's backbone pass: tracking, prompts, ``init_state``'s warm-up)
+    calling ``self.forward_image(image)``, and on ``nn.Module`` storing a plain callable as an instance attribute,
+    which shadows the class's method for that instance only."""
+    view = copy.copy(predictor)
+    view.forward_image = forward_image
+    return view
+
+
 
 def fix_memory_dtype(model: torch.nn.Module) -> None:
     """Cast memory attention's ``memory``/``memory_pos`` to the current features' dtype (idempotent).
