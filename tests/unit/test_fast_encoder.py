@@ -1,7 +1,10 @@
 """sam2_serve.models.fast_encoder without Ray: OpenVINO's encoder against torch and upstream, its cache, its fallbacks.
 
-The tiny model at 1024 (what SAM2ImagePredictor takes). One export per session (``fast``, into the cache folder
-beside the session's checkpoint); the tests that rebuild an entry work on their own copy of it.
+The tiny model at 1024 (what SAM2ImagePredictor takes) for equivalence, ``fast``; the tests of the cache, the race
+and the fallbacks load an encoder several times and rebuild entries: they take the tiny video model at 256
+(``small``: an export and a compile cost a fraction of 1024's). Both entries are in the cache folder beside the
+session's checkpoint (the integration app's encoders and trackers export them first); the tests that rebuild an
+entry work on their own copy of it.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch
 from sam2_serve.models import fast_encoder as fe
 from sam2_serve.models.image import ImageModel
 from sam2_serve.models.loader import load_model
-from sam2_serve.testing import TINY, iou
+from sam2_serve.testing import TINY, iou, load_video_reference
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +39,17 @@ def cache(loaded):
 @pytest.fixture(scope="module")
 def fast(loaded, cache):
     return fe.load_fast_encoder(loaded, "openvino", cache)
+
+
+@pytest.fixture(scope="module")
+def small(tiny_checkpoint):
+    """The tiny video predictor at 256 (as the integration app's trackers load it)."""
+    return load_video_reference(tiny_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def small_fast(small, cache):
+    return fe.load_fast_encoder(small, "openvino", cache)
 
 
 @pytest.fixture(scope="module")
@@ -113,10 +127,10 @@ def test_a_manifest_that_does_not_match_is_not_read(fast, tmp_path):
     assert not fe._entry_ok(entry, key)
 
 
-def test_a_corrupt_entry_is_exported_again(loaded, fast, tmp_path, caplog):
+def test_a_corrupt_entry_is_exported_again(small, small_fast, tmp_path, caplog):
     """Weights damaged and the manifest made to agree: only the start-up check against torch can tell."""
     cache = tmp_path / "cache"
-    entry = shutil.copytree(fast.cache_entry, cache / fast.cache_entry.name)
+    entry = shutil.copytree(small_fast.cache_entry, cache / small_fast.cache_entry.name)
     weights = np.fromfile(entry / "model.bin", dtype=np.uint8)
     weights[len(weights) // 3: len(weights) // 3 + 4096] ^= 0x55
     weights.tofile(entry / "model.bin")
@@ -124,31 +138,31 @@ def test_a_corrupt_entry_is_exported_again(loaded, fast, tmp_path, caplog):
     manifest["files"]["model.bin"] = fe.file_sha256(entry / "model.bin")
     (entry / "manifest.json").write_text(json.dumps(manifest))
     with caplog.at_level(logging.WARNING, logger=fe.__name__):
-        rebuilt = fe.load_fast_encoder(loaded, "openvino", cache)
+        rebuilt = fe.load_fast_encoder(small, "openvino", cache)
     assert rebuilt.backend == "openvino" and rebuilt.exported and rebuilt.error <= fe.RTOL["f32"]
     assert "exporting it again" in caplog.text
     assert fe._entry_ok(entry, manifest["key"]) and fe.file_sha256(entry / "model.bin") == fe.file_sha256(
-        fast.cache_entry / "model.bin")
+        small_fast.cache_entry / "model.bin")
 
 
 @pytest.mark.parametrize("ov_s, kept", [(0.5, True), (0.84, True), (0.9, False), (1.2, False)])
-def test_auto_keeps_openvino_only_where_it_is_faster(loaded, fast, cache, monkeypatch, caplog, ov_s, kept):
+def test_auto_keeps_openvino_only_where_it_is_faster(small, small_fast, cache, monkeypatch, caplog, ov_s, kept):
     """auto races one warm pass of each (``fe.race``, timed here as given): OpenVINO stays at <= KEEP_IF of
     torch's time, else torch runs with the times in the reason."""
     monkeypatch.setattr(fe, "race", lambda model, forward, size: (1.0, ov_s))
     monkeypatch.setattr(fe, "cpu_signature", lambda: f"a CPU where OpenVINO takes {ov_s}")  # no earlier verdict
     with caplog.at_level(logging.WARNING, logger=fe.__name__):
-        enc = fe.load_fast_encoder(loaded, "auto", cache)
+        enc = fe.load_fast_encoder(small, "auto", cache)
     assert enc.backend == ("openvino" if kept else "torch"), enc.reason
     assert (enc.forward_image is not None) == kept and f"{ov_s:.2f} s a pass against torch's 1.00 s" in enc.reason
     assert kept or enc.reason in caplog.text
 
 
-def test_the_race_is_run_once_per_kind_of_cpu(loaded, fast, tmp_path, monkeypatch):
+def test_the_race_is_run_once_per_kind_of_cpu(small, small_fast, tmp_path, monkeypatch):
     """The first auto start on a CPU races and records the times in the entry; a later start on the same kind of
     CPU takes the same verdict without racing; another kind of CPU (or a lost record) races again."""
     cache = tmp_path / "cache"
-    shutil.copytree(fast.cache_entry, cache / fast.cache_entry.name, ignore=shutil.ignore_patterns(fe.RACE_FILE))
+    shutil.copytree(small_fast.cache_entry, cache / small_fast.cache_entry.name, ignore=shutil.ignore_patterns(fe.RACE_FILE))
     races = []
 
     def timed(times):
@@ -159,19 +173,19 @@ def test_the_race_is_run_once_per_kind_of_cpu(loaded, fast, tmp_path, monkeypatc
 
     monkeypatch.setattr(fe, "cpu_signature", lambda: "cpu A")
     monkeypatch.setattr(fe, "race", timed((1.0, 2.0)))
-    first = fe.load_fast_encoder(loaded, "auto", cache)
+    first = fe.load_fast_encoder(small, "auto", cache)
     assert first.backend == "torch" and "(raced at this start)" in first.reason and len(races) == 1
     monkeypatch.setattr(fe, "race", timed((1.0, 0.5)))  # would keep OpenVINO, were it asked
-    again = fe.load_fast_encoder(loaded, "auto", cache)
+    again = fe.load_fast_encoder(small, "auto", cache)
     assert again.backend == "torch" and "2.00 s a pass" in again.reason and "earlier start" in again.reason
     assert len(races) == 1
     monkeypatch.setattr(fe, "cpu_signature", lambda: "cpu B")
-    other = fe.load_fast_encoder(loaded, "auto", cache)
+    other = fe.load_fast_encoder(small, "auto", cache)
     assert other.backend == "openvino" and len(races) == 2 and "(raced at this start)" in other.reason
     assert set(json.loads((other.cache_entry / fe.RACE_FILE).read_text())) == {"cpu A", "cpu B"}
     (other.cache_entry / fe.RACE_FILE).write_text("{not json")
     monkeypatch.setattr(fe, "cpu_signature", lambda: "cpu A")
-    assert fe.load_fast_encoder(loaded, "auto", cache).backend == "openvino" and len(races) == 3
+    assert fe.load_fast_encoder(small, "auto", cache).backend == "openvino" and len(races) == 3
 
 
 def test_the_cpu_signature_names_the_cpu_and_threads():
@@ -179,8 +193,8 @@ def test_the_cpu_signature_names_the_cpu_and_threads():
     assert f"{torch.get_num_threads()} threads" in sig and torch.backends.cpu.get_cpu_capability() in sig
 
 
-def test_the_race_times_both(loaded, fast):
-    torch_s, ov_s = fe.race(loaded.model, fast.forward_image, int(loaded.model.image_size))
+def test_the_race_times_both(small, small_fast):
+    torch_s, ov_s = fe.race(small.model, small_fast.forward_image, int(small.model.image_size))
     assert torch_s > 0 and ov_s > 0
 
 
@@ -206,24 +220,24 @@ def test_without_openvino_torch_runs_with_the_reason_logged(loaded, cache, groce
     np.testing.assert_array_equal(emb.image_embed, embeddings[1].image_embed)  # torch's own forward
 
 
-def test_a_mismatch_beyond_the_tolerance_falls_back_to_torch(loaded, fast, tmp_path, monkeypatch, caplog):
+def test_a_mismatch_beyond_the_tolerance_falls_back_to_torch(small, small_fast, tmp_path, monkeypatch, caplog):
     """Tolerance 0: the cached entry fails the check, is exported again, fails again: torch, with the reason.
 
     The second export is the good entry copied back (a real export is test_a_corrupt_entry_is_exported_again's,
     a minute of CPU): what is tested here is that a fresh entry failing the check is not tried again."""
     cache = tmp_path / "cache"
-    shutil.copytree(fast.cache_entry, cache / fast.cache_entry.name)
+    shutil.copytree(small_fast.cache_entry, cache / small_fast.cache_entry.name)
     exports = []
 
     def export_again(model, sample, entry, key, enc):
         exports.append(entry)
-        shutil.copytree(fast.cache_entry, entry)
+        shutil.copytree(small_fast.cache_entry, entry)
         enc.exported = True
 
     monkeypatch.setattr(fe, "_export", export_again)
     monkeypatch.setitem(fe.RTOL, "f32", 0.0)
     with caplog.at_level(logging.WARNING, logger=fe.__name__):
-        enc = fe.load_fast_encoder(loaded, "openvino", cache)
+        enc = fe.load_fast_encoder(small, "openvino", cache)
     assert enc.backend == "torch" and enc.forward_image is None and len(exports) == 1
     assert "differ from torch's" in enc.reason and enc.reason in caplog.text
 
