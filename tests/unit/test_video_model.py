@@ -50,6 +50,17 @@ def _pt(x, y):
     return np.array([[x, y]], np.float32), np.array([1], np.int32)
 
 
+def _assert_one_object_as_upstream(ours, ref, n: int) -> None:
+    """Frames 0..n-1 of one object (id 1): masks, logits and scores as upstream's (``upstream_run``'s ``ref``)."""
+    assert [f.index for f in ours] == list(range(n))
+    for f in ours:
+        (obj,) = f.objects
+        mask, logits, score = ref[f.index][1]
+        assert_same_mask(obj.mask, mask, f"frame {f.index}")
+        np.testing.assert_allclose(obj.logits, logits, atol=1e-3)
+        assert obj.score == pytest.approx(score, abs=1e-3)
+
+
 def test_one_click_equals_upstream_and_memory_stays_flat(model, loaded, video_bytes, frames_dir):
     points, labels = _pt(480, 300)
     stream = model.track(FrameReader(video_bytes), [VideoObjectPrompt(0, "1", points, labels)], 0, N,
@@ -60,13 +71,7 @@ def test_one_click_equals_upstream_and_memory_stays_flat(model, loaded, video_by
         stats[frame.index] = stream.stats()
     ref, _ = upstream_run(loaded.model, frames_dir,
                           [dict(frame_idx=0, obj_id=1, points=points, labels=labels)])
-    assert [f.index for f in ours] == list(range(N))
-    for f in ours:
-        (obj,) = f.objects
-        mask, logits, score = ref[f.index][1]
-        assert_same_mask(obj.mask, mask, f"frame {f.index}")
-        np.testing.assert_allclose(obj.logits, logits, atol=1e-3)
-        assert obj.score == pytest.approx(score, abs=1e-3)
+    _assert_one_object_as_upstream(ours, ref, N)
     p = loaded.model
     # Bounded: after 16 frames what is held per object stops growing (memories, pointers, bytes).
     per = stats[N - 1]["objects"]["1"]
@@ -117,12 +122,7 @@ def test_frames_encoded_by_openvino_equal_upstream(loaded, video_bytes, short_di
     ours = list(model.track(FrameReader(video_bytes), [VideoObjectPrompt(0, "1", points, labels)], 0, n,
                             with_logits=True))
     ref, _ = upstream_run(loaded.model, short_dir, [dict(frame_idx=0, obj_id=1, points=points, labels=labels)])
-    assert [f.index for f in ours] == list(range(n))
-    for f in ours:
-        (obj,) = f.objects
-        mask, logits, score = ref[f.index][1]
-        assert_same_mask(obj.mask, mask, f"frame {f.index}")
-        np.testing.assert_allclose(obj.logits, logits, atol=1e-3)
+    _assert_one_object_as_upstream(ours, ref, n)
 
 
 def test_session_correction_equals_upstream(model, loaded, frames, short_dir):
