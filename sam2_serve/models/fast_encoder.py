@@ -134,16 +134,19 @@ def race(model: torch.nn.Module, forward_image: Callable[[torch.Tensor], dict], 
     return torch_s, time.perf_counter() - start
 
 
+def cpu_model_name() -> str:
+    """The CPU's model name from /proc/cpuinfo, else the platform's processor or machine name."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def cpu_signature() -> str:
     """What the race's outcome depends on besides the network: the CPU model, the instruction set torch uses and
     the threads this process runs with."""
-    name = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name)
-    except OSError:
-        pass
-    return f"{name} | {torch.backends.cpu.get_cpu_capability()} | {torch.get_num_threads()} threads"
+    return f"{cpu_model_name()} | {torch.backends.cpu.get_cpu_capability()} | {torch.get_num_threads()} threads"
 
 
 def _race_once(model: torch.nn.Module, enc: FastEncoder) -> tuple[float, float, str]:
