@@ -60,7 +60,9 @@ class Stream:
     def __init__(self, url: str):
         from websockets.sync.client import connect
 
-        self.ws = connect(url.replace("http", "ws", 1) + "/v1/live?mask_format=rle", max_size=None, proxy=None)
+        # As the project's client connects (sam2_serve.client.live): no permessage-deflate on PNG frames.
+        self.ws = connect(url.replace("http", "ws", 1) + "/v1/live?mask_format=rle", max_size=None, proxy=None,
+                          compression=None)
         ready = json.loads(self.ws.recv())
         self.stream_id = ready["stream_id"]
 

@@ -14,7 +14,7 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from sam2_serve.common.errors import InvalidImage, PayloadTooLarge
 
@@ -63,7 +63,8 @@ def decode_image(data: bytes, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
 
 def to_rgb(img: Image.Image) -> np.ndarray:
     """An opened PIL image to RGB uint8 (H, W, 3), as displayed: EXIF-rotated, alpha over white."""
-    img = ImageOps.exif_transpose(img)
+    if img.getexif().get(ExifTags.Base.Orientation, 1) != 1:  # exif_transpose's test; it copies when it is 1
+        img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # 16-bit greyscale: PIL's convert("L") clips at 255; scale the full range instead.
         arr = np.asarray(img, dtype=np.float64)
@@ -81,7 +82,7 @@ def to_rgb(img: Image.Image) -> np.ndarray:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, rgba)
-    return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
+    return np.ascontiguousarray(np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8))
 
 
 def image_id(rgb: np.ndarray) -> str:

@@ -115,6 +115,7 @@ class VideoTracker:
         self.metrics = TrackerMetrics()
         self.max_live_streams = int(max_live_streams)
         self._live: dict[str, _Live] = {}  # live streams (WS /v1/live), by id
+        self._background: set[asyncio.Task] = set()  # held until done (the loop keeps only weak references)
 
     # ---- generate ---------------------------------------------------------------------------------------------
 
@@ -329,7 +330,24 @@ class VideoTracker:
 
         frame = await self._live_step(live_id, self.metrics.frame.timed(step))
         self.metrics.frames.inc()
+        self._finish_later(live_id)
         return frame
+
+    def _finish_later(self, live_id: str) -> None:
+        """Run the memory encoder's pass on the frame just tracked (``LiveTrack.finish``) while its answer travels
+        back and the client sends the next frame, instead of before the answer; the next step waits for it (the
+        stream's lock), and would run it itself if this had not."""
+        async def finish():
+            try:
+                await self._live_step(live_id, lambda s: s.track.finish() if s.track is not None else None)
+            except SessionGone:
+                pass  # closed meanwhile: nothing left to finish
+            except Exception:  # noqa: BLE001 -- the next step runs it again and answers its error to the client
+                logger.exception("live %s: the memory encoder pass after a frame failed", live_id)
+
+        task = asyncio.get_running_loop().create_task(finish())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def live_prompt(self, live_id: str, req: LivePrompt, limits: Limits) -> TrackedFrame:
         """Prompts on the stream's latest frame, checked against it and ``limits``; its masks for every object."""

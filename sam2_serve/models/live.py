@@ -102,9 +102,26 @@ class LiveTrack:
             self.current, self.index, self.time_s = r, index, time_s
             if not sam2_internals.object_ids(self.state):
                 return self._result([], None, [])
-            obj_ids, video_res, scores, _ = self.core.track(r)
+            # r's memory encoder pass waits for finish() (or the next call): the masks need not wait for it.
+            obj_ids, video_res, scores, _ = self.core.track(r, memory_later=True)
             sam2_internals.record_tracked(self.state, r)  # a prompt on r now corrects, as after propagation
             return self._result(obj_ids, video_res, scores)
+
+    def finish(self) -> None:
+        """The memory encoder's pass on the latest frame, which ``push`` leaves to be run once its answer is on
+        its way (every other method runs it first, so calling this only moves the work earlier).
+
+        On the CPU it runs on one thread fewer than the model's others: it runs while the answer travels back and
+        the next frame comes in and is decoded (single-threaded work in other processes, measured slowed by a
+        pass on every core)."""
+        threads = torch.get_num_threads()
+        if self.model.loaded.device.type == "cpu" and threads > 1:
+            torch.set_num_threads(threads - 1)
+        try:
+            with self.model.context():
+                self.core.encode_memories()
+        finally:
+            torch.set_num_threads(threads)
 
     def add(self, prompts: Sequence[VideoObjectPrompt]) -> TrackedFrame:
         """Prompts on the latest frame (their ``frame`` is ignored): a new ``track_id`` starts an object there,
@@ -123,6 +140,7 @@ class LiveTrack:
     def remove(self, track_id: str) -> None:
         """Upstream ``remove_object`` (``track_id`` must be one of ``track_ids``)."""
         with self.model.context():
+            self.core.encode_memories()
             self.model.predictor.remove_object(self.state, track_id, strict=True, need_output=False)
 
     def _result(self, obj_ids: Sequence, video_res: Optional[torch.Tensor], scores: Sequence) -> TrackedFrame:
@@ -134,6 +152,7 @@ class LiveTrack:
     def stats(self) -> dict:
         """``FrameStepper.stats`` plus ``frames_done`` (frames pushed) and ``inputs`` (frames holding prompts,
         summed over objects)."""
+        self.finish()  # the state counted is then complete
         _, _, points, masks = sam2_internals.per_frame_tensors(self.state)
         inputs = sum(len(per_frame) for part in (points, masks) for per_frame in part.values())
         return {"frames_done": 0 if self.current is None else self.current + 1, **self.core.stats(),

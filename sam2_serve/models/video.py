@@ -192,6 +192,7 @@ class FrameStepper:
     def __init__(self, model: VideoModel, state: dict):
         self.model, self.state = model, state
         self.features: dict[int, tuple] = {}  # clip frame -> sam2's cached (image, backbone_out)
+        self._memory_todo: list = []  # memory encoder passes left for later by track(..., memory_later=True)
 
     def upstream(self, fn, *args, **kwargs):
         """Run an upstream method with every frame feature this stream holds visible in sam2's cache."""
@@ -204,18 +205,28 @@ class FrameStepper:
     def add_prompts(self, prompts: Sequence[tuple[int, VideoObjectPrompt]]) -> None:
         """Upstream ``add_new_points_or_box`` / ``add_new_mask`` for each (clip frame, prompt), in order, then the
         memory encoder on the new prompts, exactly as ``propagate_in_video`` runs it before it starts."""
+        self.encode_memories()
         for frame, p in prompts:
             self.upstream(self.model.add_prompt, self.state, frame, p)
         self.upstream(sam2_internals.consolidate_prompts, self.model.predictor, self.state)
 
-    def track(self, r: int, with_logits: bool = False) -> tuple[list, torch.Tensor, list, Optional[list]]:
+    def track(self, r: int, with_logits: bool = False,
+              memory_later: bool = False) -> tuple[list, torch.Tensor, list, Optional[list]]:
         """Every object on clip frame ``r`` (at least one object): (object ids, video-resolution logits
-        (num_objects, 1, H, W), object scores, low-res logits (h, w) per object or None)."""
+        (num_objects, 1, H, W), object scores, low-res logits (h, w) per object or None).
+
+        ``memory_later``: leave the memory encoder's pass on ``r`` (what tracking ``r + 1`` reads, not ``r``'s
+        masks) for ``encode_memories``, which ``add_prompts`` and ``prune`` run first: a caller that answers with
+        ``r``'s masks before the encoder runs has answered sooner, with the same masks and the same state after."""
         p, state = self.model.predictor, self.state
         obj_ids = sam2_internals.object_ids(state)
         pred_masks, scores, low_res = [], [], []
         for obj_idx in range(len(obj_ids)):
-            out, masks = self.upstream(sam2_internals.track_object, p, state, obj_idx, r)
+            if memory_later:
+                out, masks, todo = self.upstream(sam2_internals.track_object_then_memory, p, state, obj_idx, r)
+                self._memory_todo += [todo] if todo is not None else []
+            else:
+                out, masks = self.upstream(sam2_internals.track_object, p, state, obj_idx, r)
             pred_masks.append(masks)
             scores.append(sam2_internals.object_score(out))
             low_res.append(masks[0, 0].float().cpu().numpy() if with_logits else None)
@@ -225,6 +236,7 @@ class FrameStepper:
     def prune(self, next_frame: int) -> None:
         """Drop what tracking ``next_frame`` and later frames will not read: outputs outside sam2's memory window,
         and features of earlier frames."""
+        self.encode_memories()
         sam2_internals.prune_outputs(self.model.predictor, self.state, next_frame)
         for k in [k for k in self.features if k < next_frame]:
             del self.features[k]
@@ -245,7 +257,16 @@ class FrameStepper:
             "max_encodes_per_frame": frames.max_encodes_per_frame,
         }
 
+    def encode_memories(self) -> None:
+        """Run the memory encoder passes ``track(..., memory_later=True)`` left (none: nothing to do), with the
+        frame features this stream holds. Under ``model.context()``, as every step. A pass that fails stays to do:
+        the next call tries it again (and raises), rather than tracking on with a memory missing."""
+        while self._memory_todo:
+            self.upstream(self._memory_todo[0])
+            self._memory_todo.pop(0)
+
     def close(self) -> None:
+        self._memory_todo.clear()
         self.features.clear()
         sam2_internals.set_frame_features(self.state, {})
 

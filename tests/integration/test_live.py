@@ -37,7 +37,8 @@ class Live:
 
     def __init__(self, base_url: str, query: str = "", headers=None):
         url = base_url.replace("http://", "ws://") + "/v1/live" + query
-        self.ws = connect(url, additional_headers=headers, max_size=None, open_timeout=60, proxy=None)
+        self.ws = connect(url, additional_headers=headers, max_size=None, open_timeout=60, proxy=None,
+                          compression=None)  # as the project's client: frames are compressed images already
 
     def send(self, message) -> None:
         self.ws.send(message if isinstance(message, (bytes, str)) else json.dumps(message))

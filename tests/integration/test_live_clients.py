@@ -77,6 +77,8 @@ def test_model_live_by_hand_errors_keep_the_stream(base_url, clip16):
     frames = list(_first(clip16, 3))
     with Model(base_url, timeout=600) as model:
         live = model.live()
+        # No permessage-deflate: frames are PNG/JPEG already (deflating them cost 15 ms a frame in bench.live).
+        assert live._ws.protocol.extensions == []
         assert live.send(frames[0]) == 0 and next(live).index == 0
         live.prompt([Region(point=[1.5, 0.5])])
         with pytest.raises(ClientError, match="outside") as info:

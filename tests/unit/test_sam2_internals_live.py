@@ -1,5 +1,6 @@
 """sam2_serve.models.sam2_internals' live-stream touches against the installed sam2 (``SAM2VideoPredictor``, at 256):
-``record_tracked`` and ``prune_inputs``. The other video touches: ``test_sam2_internals_video.py``."""
+``record_tracked``, ``prune_inputs`` and ``track_object_then_memory``. The other video touches:
+``test_sam2_internals_video.py``."""
 
 from __future__ import annotations
 
@@ -80,3 +81,40 @@ def test_prune_inputs_keeps_what_sam2_reads(video_model, frames_dir):  # noqa: F
         P.remove_object(state, "a", strict=True, need_output=False)  # reads every prompted frame of "a"
     assert si.object_ids(state) == ["b"] and list(state["point_inputs_per_obj"]) == [0], why(
         "prune_inputs", "remove_object failed on pruned prompts")
+
+
+class _NoFrames(list):
+    """Frames that refuse to be read (our probe: a pass that would encode a frame again fails)."""
+
+    def __getitem__(self, i):
+        raise AssertionError(f"frame {i} was read again")
+
+
+def test_track_object_then_memory_leaves_track_objects_state(video_model, frames_dir):  # noqa: F811
+    P = video_model
+    ref, state = _init_state(P, frames_dir), _init_state(P, frames_dir)
+    with torch.inference_mode():
+        for s in (ref, state):
+            P.add_new_points_or_box(s, 0, "a", **_POINT)
+            si.consolidate_prompts(P, s)
+        *_, nothing = si.track_object_then_memory(P, state, 0, 0)
+        assert nothing is None, why("track_object_then_memory", "a prompted frame's stored output has a memory to run")
+        for f in (1, 2):
+            ref_out, ref_masks = si.track_object(P, ref, 0, f)
+            out, masks, encode_memory = si.track_object_then_memory(P, state, 0, f)
+            assert "_encode_memory_in_output" not in vars(P), why(
+                "track_object_then_memory", "the predictor itself was changed, not a copy of it")
+            torch.testing.assert_close(masks, ref_masks, rtol=0, atol=0, msg=why(
+                "track_object_then_memory", f"frame {f}'s masks differ from track_object's"))
+            assert out["maskmem_features"] is None and out["maskmem_pos_enc"] is None, why(
+                "track_object_then_memory", "the memory encoder ran in track_step (_encode_memory_in_output)")
+            images, state["images"] = state["images"], _NoFrames()
+            encode_memory()  # reads frame f's features from sam2's cache, not the frame
+            state["images"] = images
+            assert si.frame_output(state, 0, f) is out and set(out) == set(ref_out), why(
+                "track_object_then_memory", "the stored output is not the one returned, or has other keys")
+            for key, value in ref_out.items():
+                mine = out[key] if isinstance(value, list) else [out[key]]
+                for a, b in zip(mine, value if isinstance(value, list) else [value]):
+                    assert a.dtype == b.dtype and torch.equal(a, b), why(
+                        "track_object_then_memory", f"frame {f}: {key} differs from track_object's")

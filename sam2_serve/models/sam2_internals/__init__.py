@@ -30,8 +30,8 @@ __all__ = TOUCHES = (
     "mask_decoder_transformer", "replace_mask_decoder_transformer", "single_dense_pe", "iou_predictions",
     # SAM2VideoPredictor: inference_state and its per-frame outputs
     "new_inference_state", "state_frames", "video_size", "num_frames", "object_ids", "frame_features",
-    "set_frame_features", "consolidate_prompts", "track_object", "video_res_masks", "frame_output", "mask_logits",
-    "FRAME_OUTPUT_KEYS", "object_score", "memory_window", "prune_outputs", "output_counts", "per_frame_tensors",
+    "set_frame_features", "consolidate_prompts", "track_object", "track_object_then_memory", "video_res_masks",
+    "frame_output", "mask_logits", "FRAME_OUTPUT_KEYS", "object_score", "memory_window", "prune_outputs", "output_counts", "per_frame_tensors",
     # SAM2VideoPredictor: live streams (frames pushed one at a time, prompts on the latest frame)
     "record_tracked", "prune_inputs",
     # SAM2VideoPredictor: sessions on long videos (bounded state)
@@ -49,8 +49,8 @@ from sam2_serve.models.sam2_internals.image import (  # noqa: E402  (re-exported
 )
 from sam2_serve.models.sam2_internals.video import (  # noqa: E402  (re-exported: callers use the package)
     FRAME_OUTPUT_KEYS, new_inference_state, state_frames, video_size, num_frames, object_ids, frame_features,
-    set_frame_features, consolidate_prompts, track_object, video_res_masks, frame_output, mask_logits,
-    object_score, memory_window, prune_outputs, record_tracked, prune_inputs, object_frames,
+    set_frame_features, consolidate_prompts, track_object, track_object_then_memory, video_res_masks, frame_output,
+    mask_logits, object_score, memory_window, prune_outputs, record_tracked, prune_inputs, object_frames,
     drop_frames, output_counts, per_frame_tensors, video_predictor_view, fix_memory_dtype,
     silence_missing_extension_warnings,
     OBJECT_SCORE_BIAS_KEY,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections import OrderedDict
-from typing import NamedTuple, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 
@@ -101,6 +101,41 @@ def track_object(model, state: dict, obj_idx: int, frame: int) -> tuple[dict, to
         point_inputs=None, mask_inputs=None, reverse=False, run_mem_encoder=True)
     od["non_cond_frame_outputs"][frame] = out
     return out, masks
+
+
+def track_object_then_memory(model, state: dict, obj_idx: int,
+                             frame: int) -> tuple[dict, torch.Tensor, Optional[Callable[[], None]]]:
+    """``track_object`` with the memory encoder left for later: returns (the frame's output, its low-res mask
+    logits, ``encode_memory``). Until ``encode_memory()`` runs, the output's ``maskmem_features`` and
+    ``maskmem_pos_enc`` are None; it runs upstream's ``_run_memory_encoder`` on the inputs ``track_step`` would
+    have encoded (its high-res masks, object score logits, and whether the mask came from points) and stores both
+    as ``_run_single_frame_inference`` would have. The frame's backbone features must still be in sam2's cache
+    then (``_run_memory_encoder`` reads them), or it encodes the frame again. ``encode_memory`` is None when there
+    is nothing to encode (a prompted frame's stored output, a model without memories).
+
+    Masks and pointers are those of ``track_object``: the memory encoder runs last in ``track_step`` and nothing
+    before it reads its output. Relies on ``track_step`` calling ``self._encode_memory_in_output(current_vision_feats,
+    feat_sizes, point_inputs, run_mem_encoder, high_res_masks, object_score_logits, current_out)``, shadowed on a
+    shallow copy of ``model`` (as ``video_predictor_view`` shadows ``forward_image``)."""
+    od = state["output_dict_per_obj"][obj_idx]
+    if frame in od["cond_frame_outputs"] or model.num_maskmem == 0:
+        return (*track_object(model, state, obj_idx, frame), None)
+    inputs: dict = {}
+
+    def keep_inputs(_feats, _sizes, point_inputs, _run, high_res_masks, object_score_logits, current_out):
+        inputs.update(high_res_masks=high_res_masks, object_score_logits=object_score_logits,
+                      is_mask_from_pts=point_inputs is not None)
+        current_out["maskmem_features"] = current_out["maskmem_pos_enc"] = None
+
+    view = copy.copy(model)
+    view._encode_memory_in_output = keep_inputs
+    out, masks = track_object(view, state, obj_idx, frame)
+
+    def encode_memory() -> None:
+        out["maskmem_features"], out["maskmem_pos_enc"] = model._run_memory_encoder(
+            inference_state=state, frame_idx=frame, batch_size=1, **inputs)
+
+    return out, masks, encode_memory
 
 
 def video_res_masks(model, state: dict, low_res: torch.Tensor) -> torch.Tensor:
