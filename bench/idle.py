@@ -1,11 +1,13 @@
 """idle: what the running application costs when nobody calls it, and whether a model pass leaves threads spinning.
 
-    .venv/bin/python -m bench.idle [--model sam2.1-hiera-base-plus] [--seconds 20]
+    .venv/bin/python -m bench.idle [--model sam2.1-hiera-base-plus] [--seconds 20] [--stock-intervals]
 
 The default application (``build_app``, CPU) is started in its own Ray instance, warmed with one request of each
 kind the browser sends (an encode and a click), left to settle, then sampled: CPU seconds of every process of the
 Ray instance (replicas by deployment, Serve's controller and proxy, raylet, GCS, agents) over ``--seconds``,
-divided by the wall time = cores used while idle (target: <= 0.05 cores in all).
+divided by the wall time = cores used while idle (target: <= 0.05 cores in all). The Ray instance gets the
+environment ``sam2-serve serve`` gives the one it starts (``ray_internals.QUIET_IDLE_ENV``: Serve's control loop and
+metrics export less often); ``--stock-intervals`` measures Serve's own intervals instead.
 
 Spinning: after a cached click returns, CPU seconds the decoder replica burns in the next second, beside the
 seconds of the pass itself (a thread pool that busy-waits for more work shows as a second of CPU per waiting
@@ -24,6 +26,7 @@ import psutil
 import requests
 
 from bench.common import DATA, bench_checkpoint, machine, table
+from sam2_serve.deployments.ray_internals import QUIET_IDLE_ENV
 
 
 def ray_processes() -> dict[int, str]:
@@ -79,7 +82,12 @@ def main() -> None:
     ap.add_argument("--clicks", type=int, default=5)
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                     help="environment of the Ray instance (Serve's intervals, ...); repeatable")
+    ap.add_argument("--stock-intervals", action="store_true",
+                    help="Serve's own intervals, not the ones `sam2-serve serve` sets (ray_internals.QUIET_IDLE_ENV)")
     args = ap.parse_args()
+    if not args.stock_intervals:
+        for key, value in QUIET_IDLE_ENV.items():
+            os.environ.setdefault(key, value)
     for kv in args.env:
         key, _, value = kv.partition("=")
         os.environ[key] = value
@@ -108,7 +116,10 @@ def main() -> None:
             time.sleep(1.0)
             spins.append((during - before, wall, cpu_seconds([pid])[pid] - during))
 
-    print(f"machine: {machine()}; model {args.model}; {args.seconds:.0f} s idle after {args.settle:.0f} s settling\n")
+    intervals = ("Serve's own intervals" if args.stock_intervals else
+                 "intervals of `sam2-serve serve`: " + " ".join(f"{k}={os.environ[k]}" for k in QUIET_IDLE_ENV))
+    print(f"machine: {machine()}; model {args.model}; {args.seconds:.0f} s idle after {args.settle:.0f} s settling; "
+          f"{intervals}\n")
     rows = [(name, f"{cores:.4f}") for name, cores in sorted(per_process.items(), key=lambda kv: -kv[1])]
     print(table(rows + [("all Ray processes", f"{idle:.4f}")], ("process", "cores while idle")))
     print()

@@ -252,7 +252,12 @@ def _serve(args) -> int:
         print(f"sam2-serve: error: {message}", file=sys.stderr)
         return 1
     command = [str(serve_bin), "run", str(args.config), *args.serve_args]
-    print(f"sam2-serve: starting: {' '.join(command)}", file=sys.stderr, flush=True)
+    from sam2_serve.deployments.ray_internals import QUIET_IDLE_ENV
+
+    # Ray processes started by `serve run` inherit this environment; a value the user set wins.
+    quiet = {k: os.environ.setdefault(k, v) for k, v in QUIET_IDLE_ENV.items()}
+    print(f"sam2-serve: starting: {' '.join(command)} (Serve intervals: "
+          f"{' '.join(f'{k}={v}' for k, v in quiet.items())})", file=sys.stderr, flush=True)
     sys.stdout.flush()
     try:
         os.execvp(command[0], command)  # replaces this process: Ctrl-C and signals reach `serve run` itself

@@ -70,7 +70,7 @@ def served(tmp_path_factory):
         # the checkpoint was checked before Ray started, then `serve run` took over the same process
         assert f"{ckpt} (sha256 {hashlib.sha256(ckpt.read_bytes()).hexdigest()}) holds" in text, text[-3000:]
         assert f"starting: {command.with_name('serve')} run {config_path}" in text, text[-3000:]
-        yield base, ckpt
+        yield base, ckpt, proc
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:
@@ -81,7 +81,7 @@ def served(tmp_path_factory):
 
 
 def test_sam2_serve_serve_config_yaml(served, groceries_path):
-    base, ckpt = served
+    base, ckpt, _ = served
     [info] = requests.get(f"{base}/v1/models", timeout=60).json()
     assert info["name"] == "sam2.1-hiera-base-plus"
     assert info["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
@@ -91,3 +91,24 @@ def test_sam2_serve_serve_config_yaml(served, groceries_path):
     assert r.status_code == 200, r.text
     out = r.json()
     assert (out["width"], out["height"]) == (800, 534) and len(out["regions"]) == 1
+
+
+def test_ray_started_by_serve_has_the_quiet_intervals(served):
+    """`sam2-serve serve` lengthens two Serve intervals (ray_internals.QUIET_IDLE_ENV) for the Ray it starts: the
+    controller and the proxy, started under `serve run`, have them in their environment."""
+    import psutil
+
+    from sam2_serve.deployments.ray_internals import QUIET_IDLE_ENV
+
+    *_, proc = served
+    found = {}
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        try:
+            cmd = " ".join(child.cmdline())
+            if cmd.startswith(("ray::ServeController", "ray::ProxyActor")):
+                found[cmd.split()[0]] = child.environ()
+        except psutil.Error:
+            continue
+    assert {"ray::ServeController", "ray::ProxyActor"} <= {name.split(".")[0] for name in found}, found.keys()
+    for name, env in found.items():
+        assert {k: env.get(k) for k in QUIET_IDLE_ENV} == QUIET_IDLE_ENV, name

@@ -54,3 +54,18 @@ def test_replica_ids_have_a_unique_id():
     assert isinstance(inspect.getattr_static(RunningReplica, "replica_id"), property), \
         "replica_tag_of(): RunningReplica.replica_id is gone"
     assert ray_internals.replica_tag() is None  # outside a replica
+
+
+def test_quiet_idle_env_is_read_by_serve():
+    """The installed Serve still reads each variable of QUIET_IDLE_ENV, as the number it is given."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from ray.serve._private import constants as c; "
+            "print(c.CONTROL_LOOP_INTERVAL_S, c.RAY_SERVE_METRICS_EXPORT_INTERVAL_MS)")
+    env = {**os.environ, **ray_internals.QUIET_IDLE_ENV}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    loop_s, export_ms = out.split()
+    assert float(loop_s) == float(ray_internals.QUIET_IDLE_ENV["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"]), out
+    assert int(export_ms) == int(ray_internals.QUIET_IDLE_ENV["RAY_SERVE_METRICS_EXPORT_INTERVAL_MS"]), out
