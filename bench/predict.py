@@ -171,6 +171,37 @@ def bf16_encoder(ckpt, model: str, rgb: np.ndarray, point):
     return out["float32"][0], out["bfloat16"][0], float((a & b).sum() / max((a | b).sum(), 1))
 
 
+def openvino_precisions(ckpt, model: str, rgb: np.ndarray, point) -> list[tuple]:
+    """The encoder on OpenVINO in float32 and in bfloat16 (``dtype: bfloat16``; bf16 units where the CPU has them),
+    beside torch float32: seconds a pass (best of 2), the mask's IoU with torch float32's, the max difference of the
+    low-resolution logits (256x256).
+    Rows (precision, seconds, speed-up over torch float32, IoU, max |logit diff|, what ran)."""
+    from sam2_serve.common.types import ObjectPrompt
+    from sam2_serve.models.fast_encoder import load_fast_encoder
+    from sam2_serve.models.image import ImageModel
+    from sam2_serve.models.loader import load_model
+
+    h, w = rgb.shape[:2]
+    prompt = ObjectPrompt(np.array([[point[0] * w, point[1] * h]], np.float32), np.array([1], np.int32))
+    runs = {}
+    for name, dtype, backend in (("torch float32", "float32", "torch"), ("OpenVINO float32", "float32", "openvino"),
+                                 ("OpenVINO bfloat16", "bfloat16", "openvino")):
+        loaded = load_model(model, ckpt, "cpu", dtype)
+        enc = load_fast_encoder(loaded, backend)
+        m = ImageModel(loaded, enc)
+        m.encode([rgb], ["x"])
+        secs = min(timed(m.encode, [rgb], ["x"])[0] for _ in range(2))
+        (out,) = m.decode(m.encode([rgb], ["x"])[0], [prompt])
+        runs[name] = (secs, out.masks[0].unpack(), out.low_res_logits[0], f"{enc.backend}: {enc.reason}")
+    base_s, base_mask, base_logits, _ = runs["torch float32"]
+    rows = []
+    for name, (secs, mask, logits, what) in runs.items():
+        iou = float((mask & base_mask).sum() / max((mask | base_mask).sum(), 1))
+        rows.append((name, f"{secs:.2f}", f"{base_s / secs:.2f}x", f"{iou:.4f}",
+                     f"{float(np.abs(logits - base_logits).max()):.2e}", what[:90]))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="sam2.1-hiera-base-plus")
@@ -195,6 +226,7 @@ def main() -> None:
     if args.upstream_alone:
         alone.append(upstream_alone(ckpt, args.model, jpegs, point, args.clicks))
     f32, bf16, iou = (None, None, None) if args.no_bf16 else bf16_encoder(ckpt, args.model, rgb, point)
+    ov_rows = [] if args.no_bf16 else openvino_precisions(ckpt, args.model, rgb, point)
 
     up_click, up_first = p50(m["up_click"]), p50(m["up_first"])
     up_ips = args.clients / m["up_loop"]
@@ -226,6 +258,8 @@ def main() -> None:
     print(f"encoder forward in the replica, s per image: first requests {m['forward_first']:.2f} (upstream "
           f"set_image + predict {up_first:.2f}), {args.clients} clients {m['forward_clients']:.2f} (upstream loop "
           f"{m['up_loop'] / args.clients:.2f})")
+    if ov_rows:
+        print(table(ov_rows, ("encoder", "s a pass", "speed-up", "mask IoU vs torch f32", "max |logit diff|", "ran")))
     print("replica RSS at rest (MiB):", {k: round(v) for k, v in m["rss_rest"].items()})
     print("replica RSS after the run (MiB):", {k: round(v) for k, v in m["rss_after"].items()})
     if args.json:

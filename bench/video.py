@@ -1,6 +1,7 @@
 """Video tracking: ``sam2_serve.models.video`` (what the VideoTracker runs) against upstream ``SAM2VideoPredictor``, side by side.
 
     .venv/bin/python -m bench.video [--model sam2.1-hiera-base-plus] [--frames 6] [--memory-frames 100 1000]
+                                    [--encoder-backend auto|openvino|torch]
 
 Targets (issue 4), on bedroom.mp4 (960x540), one click on frame 0:
   speed         frames/s of our stream >= 1.0x upstream ``propagate_in_video`` (its ``init_state`` excluded)
@@ -13,6 +14,9 @@ Ours runs with the allocator environment of a tracker replica (``sam2_serve.depl
 stay in the heap instead of fresh mmaps); upstream as a user runs it, and for reference with that environment too.
 Upstream reads its frames through its JPEG-folder loader (decord is not installed); the frames are the same
 PyAV-decoded pixels. Random-weight checkpoints: speed and memory do not depend on the weights' values.
+Our frames' backbone runs as a tracker replica's does (``fast_encoder.load_fast_encoder`` with
+``--encoder-backend``, default ``auto``: OpenVINO where a race at start finds it faster, else torch); the
+export and the race happen before the timing, as in a replica's start.
 """
 
 from __future__ import annotations
@@ -54,13 +58,14 @@ def _load(model: str, checkpoint: Path, overrides: list[str], ours: bool):
     return loaded
 
 
-def ours_run(loaded, video: bytes, frames: int) -> dict:
-    """Time to first frame and per-frame times of our stream over the first ``frames`` frames."""
+def ours_run(loaded, video: bytes, frames: int, encoder=None) -> dict:
+    """Time to first frame and per-frame times of our stream over the first ``frames`` frames; ``encoder``: the
+    backbone's runtime (``fast_encoder.load_fast_encoder``), None for torch."""
     from sam2_serve.common.videos import FrameReader
     from sam2_serve.common.types import VideoObjectPrompt
     from sam2_serve.models.video import VideoModel
 
-    model = VideoModel(loaded)
+    model = VideoModel(loaded, encoder)
     t0 = time.perf_counter()
     stream = model.track(FrameReader(video), [VideoObjectPrompt(0, "1", *CLICK)], 0, frames)
     times = []
@@ -101,15 +106,15 @@ def replica_env() -> dict[str, str]:
     return dict(MODEL_MALLOC_ENV)
 
 
-def _child(kind: str, video: Path, model: str, frames: int, env: dict[str, str]) -> dict:
+def _child(kind: str, video: Path, model: str, frames: int, env: dict[str, str], backend: str = "torch") -> dict:
     """Run one measurement in a fresh process with ``env`` added; its JSON result."""
     cmd = [sys.executable, "-m", "bench.video", "--child", kind, str(video), model, str(bench_checkpoint(model)),
-           "--frames", str(frames)]
+           "--frames", str(frames), "--encoder-backend", backend]
     out = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _speed_child(kind: str, video: str, model: str, checkpoint: str, n: int) -> None:
+def _speed_child(kind: str, video: str, model: str, checkpoint: str, n: int, backend: str) -> None:
     """Child process: time ``n`` frames of ours or of upstream, on a worker thread as in a replica; print JSON."""
     import threading
 
@@ -120,8 +125,12 @@ def _speed_child(kind: str, video: str, model: str, checkpoint: str, n: int) -> 
 
     def work() -> None:
         if kind == "speed-ours":
-            r = ours_run(loaded, Path(video).read_bytes(), n)
+            from sam2_serve.models.fast_encoder import load_fast_encoder
+
+            encoder = load_fast_encoder(loaded, backend)
+            r = ours_run(loaded, Path(video).read_bytes(), n, encoder)
             out.update({k: v for k, v in r.items() if k != "stats"})
+            out["encoder"] = f"{encoder.backend}: {encoder.reason}"
             return
         with tempfile.TemporaryDirectory() as d:
             out.update(upstream_run(loaded, write_frames_dir(_frames(n), Path(d))))
@@ -140,7 +149,7 @@ def _speed_child(kind: str, video: str, model: str, checkpoint: str, n: int) -> 
     print(json.dumps(out))
 
 
-def speed(model: str, n: int) -> tuple[list[tuple], dict]:
+def speed(model: str, n: int, backend: str) -> tuple[list[tuple], dict]:
     """Ours with the tracker replica's environment; upstream as a user runs it, and with that environment too.
 
     Each run is its own process (the allocator is set at process start); the three alternate, twice, and each keeps
@@ -150,7 +159,7 @@ def speed(model: str, n: int) -> tuple[list[tuple], dict]:
     runs: dict[str, list[dict]] = {"ours": [], "upstream": [], "upstream_replica_env": []}
     for _ in range(2):
         runs["upstream"].append(_child("speed-upstream", VIDEO, model, n, {}))
-        runs["ours"].append(_child("speed-ours", VIDEO, model, n, env))
+        runs["ours"].append(_child("speed-ours", VIDEO, model, n, env, backend))
         runs["upstream_replica_env"].append(_child("speed-upstream", VIDEO, model, n, env))
     best = {k: min(v, key=lambda r: r["per_frame_s"]) for k, v in runs.items()}
     ours, up, up_env = best["ours"], best["upstream"], best["upstream_replica_env"]
@@ -246,18 +255,21 @@ def main() -> None:
     ap.add_argument("--upstream-memory-frames", type=int, nargs="*", default=[100])
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--encoder-backend", default="auto", choices=("auto", "openvino", "torch"),
+                    help="our frames' backbone, as the tracker's encoder_backend (speed only)")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         if args.child[0].startswith("speed-"):
-            _speed_child(*args.child, args.frames)
+            _speed_child(*args.child, args.frames, args.encoder_backend)
         else:
             _memory_child(*args.child)
         return
     print(f"machine: {machine()} (shared with other developers: figures are noisy)")
     if not args.skip_speed:
-        rows, raw = speed(args.model, args.frames)
-        print(f"\n{args.model}, bedroom.mp4 960x540, one click on frame 0, {args.frames} frames")
+        rows, raw = speed(args.model, args.frames, args.encoder_backend)
+        print(f"\n{args.model}, bedroom.mp4 960x540, one click on frame 0, {args.frames} frames; our backbone: "
+              f"{raw['best']['ours']['encoder']}")
         print(table(rows, ("measure", "ours", "upstream", "ratio", "target")))
         print(json.dumps(raw))
     if not args.skip_memory:
