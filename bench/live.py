@@ -140,7 +140,8 @@ def service(url: Optional[str]):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=20, help="frames per latency run")
-    ap.add_argument("--memory-frames", type=int, nargs="*", default=[100, 1000])
+    ap.add_argument("--memory-frames", type=int, nargs="*", default=[100, 1000],
+                    help="frame counts of the memory measure; none: latency only")
     ap.add_argument("--url", help="a running service (application 'sam2'); default: start one here")
     args = ap.parse_args()
 
@@ -158,6 +159,8 @@ def main() -> None:
         print(table([("per frame (s)", f"{lv:.3f}", f"{g:.3f}", f"{lv / g:.3f}x", "<= 1.1x")],
                     ("measure", "live", "generate", "ratio", "target")))
         print(json.dumps(runs))
+        if not args.memory_frames:
+            return
         rows = memory(url, args.memory_frames, frames)
         print(table(rows, ("frames pushed", "tracker RSS MiB", "vs first", "state bytes", "outputs held")))
 
