@@ -152,30 +152,14 @@ def measure(ckpt, model: str, jpegs: list[bytes], point, clicks: int, clients: i
     return out
 
 
-def bf16_encoder(ckpt, model: str, rgb: np.ndarray, point):
-    """Encoder seconds in float32 and bfloat16 (best of 2), and the IoU of the masks they lead to."""
-    from sam2_serve.common.types import ObjectPrompt
-    from sam2_serve.models.image import ImageModel
-    from sam2_serve.models.loader import load_model
-
-    h, w = rgb.shape[:2]
-    prompt = ObjectPrompt(np.array([[point[0] * w, point[1] * h]], np.float32), np.array([1], np.int32))
-    out = {}
-    for dtype in ("float32", "bfloat16"):
-        m = ImageModel(load_model(model, ckpt, "cpu", dtype))
-        m.encode([rgb], ["x"])
-        secs = min(timed(m.encode, [rgb], ["x"])[0] for _ in range(2))
-        emb = m.encode([rgb], ["x"])[0]
-        out[dtype] = (secs, m.decode(emb, [prompt])[0].masks[0].unpack())
-    a, b = out["float32"][1], out["bfloat16"][1]
-    return out["float32"][0], out["bfloat16"][0], float((a & b).sum() / max((a | b).sum(), 1))
+ENCODER_PRECISIONS = (("torch float32", "float32", "torch"), ("torch bfloat16", "bfloat16", "torch"),
+                      ("OpenVINO float32", "float32", "openvino"), ("OpenVINO bfloat16", "bfloat16", "openvino"))
 
 
-def openvino_precisions(ckpt, model: str, rgb: np.ndarray, point) -> list[tuple]:
-    """The encoder on OpenVINO in float32 and in bfloat16 (``dtype: bfloat16``; bf16 units where the CPU has them),
-    beside torch float32: seconds a pass (best of 2), the mask's IoU with torch float32's, the max difference of the
-    low-resolution logits (256x256).
-    Rows (precision, seconds, speed-up over torch float32, IoU, max |logit diff|, what ran)."""
+def encoder_precisions(ckpt, model: str, rgb: np.ndarray, point) -> dict[str, tuple]:
+    """The encoder in each of ``ENCODER_PRECISIONS`` (name, ``dtype``, ``encoder_backend``; OpenVINO's bfloat16
+    uses bf16 units where the CPU has them): {name: (seconds a pass (best of 2), the click's mask (H, W) bool, its
+    low-resolution logits (256x256), what ran)}."""
     from sam2_serve.common.types import ObjectPrompt
     from sam2_serve.models.fast_encoder import load_fast_encoder
     from sam2_serve.models.image import ImageModel
@@ -184,8 +168,7 @@ def openvino_precisions(ckpt, model: str, rgb: np.ndarray, point) -> list[tuple]
     h, w = rgb.shape[:2]
     prompt = ObjectPrompt(np.array([[point[0] * w, point[1] * h]], np.float32), np.array([1], np.int32))
     runs = {}
-    for name, dtype, backend in (("torch float32", "float32", "torch"), ("OpenVINO float32", "float32", "openvino"),
-                                 ("OpenVINO bfloat16", "bfloat16", "openvino")):
+    for name, dtype, backend in ENCODER_PRECISIONS:
         loaded = load_model(model, ckpt, "cpu", dtype)
         enc = load_fast_encoder(loaded, backend)
         m = ImageModel(loaded, enc)
@@ -193,13 +176,11 @@ def openvino_precisions(ckpt, model: str, rgb: np.ndarray, point) -> list[tuple]
         secs = min(timed(m.encode, [rgb], ["x"])[0] for _ in range(2))
         (out,) = m.decode(m.encode([rgb], ["x"])[0], [prompt])
         runs[name] = (secs, out.masks[0].unpack(), out.low_res_logits[0], f"{enc.backend}: {enc.reason}")
-    base_s, base_mask, base_logits, _ = runs["torch float32"]
-    rows = []
-    for name, (secs, mask, logits, what) in runs.items():
-        iou = float((mask & base_mask).sum() / max((mask | base_mask).sum(), 1))
-        rows.append((name, f"{secs:.2f}", f"{base_s / secs:.2f}x", f"{iou:.4f}",
-                     f"{float(np.abs(logits - base_logits).max()):.2e}", what[:90]))
-    return rows
+    return runs
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
 
 
 def main() -> None:
@@ -225,8 +206,7 @@ def main() -> None:
     m = measure(ckpt, args.model, jpegs, point, args.clicks, args.clients)
     if args.upstream_alone:
         alone.append(upstream_alone(ckpt, args.model, jpegs, point, args.clicks))
-    f32, bf16, iou = (None, None, None) if args.no_bf16 else bf16_encoder(ckpt, args.model, rgb, point)
-    ov_rows = [] if args.no_bf16 else openvino_precisions(ckpt, args.model, rgb, point)
+    precisions = {} if args.no_bf16 else encoder_precisions(ckpt, args.model, rgb, point)
 
     up_click, up_first = p50(m["up_click"]), p50(m["up_first"])
     up_ips = args.clients / m["up_loop"]
@@ -241,9 +221,11 @@ def main() -> None:
         (f"{args.clients} clients, {args.clients} images (images/s)", f"{up_ips:.3f}", f"{m['sv_ips']:.3f}",
          f"{m['sv_ips'] / up_ips:.2f}x", ">= 0.9x", m["sv_ips"] / up_ips >= 0.9),
     ]
-    if f32 is not None:
+    if precisions:
+        f32, f32_mask, f32_logits, _ = precisions["torch float32"]
+        bf16, bf16_mask, _, _ = precisions["torch bfloat16"]
         rows.append(("encoder float32 -> bfloat16 (s)", f"{f32:.2f}", f"{bf16:.2f}", f"{f32 / bf16:.2f}x speed-up",
-                     f"mask IoU {iou:.3f}", "reported"))
+                     f"mask IoU {mask_iou(f32_mask, bf16_mask):.3f}", "reported"))
     for a in alone:
         print(f"upstream alone: first request p50 {p50(a['first']):.2f} s, click p50 {p50(a['click']):.3f} s")
     if alone:
@@ -258,8 +240,11 @@ def main() -> None:
     print(f"encoder forward in the replica, s per image: first requests {m['forward_first']:.2f} (upstream "
           f"set_image + predict {up_first:.2f}), {args.clients} clients {m['forward_clients']:.2f} (upstream loop "
           f"{m['up_loop'] / args.clients:.2f})")
-    if ov_rows:
-        print(table(ov_rows, ("encoder", "s a pass", "speed-up", "mask IoU vs torch f32", "max |logit diff|", "ran")))
+    if precisions:
+        print(table([(name, f"{secs:.2f}", f"{f32 / secs:.2f}x", f"{mask_iou(mask, f32_mask):.4f}",
+                      f"{float(np.abs(logits - f32_logits).max()):.2e}", what[:90])
+                     for name, (secs, mask, logits, what) in precisions.items()],
+                    ("encoder", "s a pass", "speed-up", "mask IoU vs torch f32", "max |logit diff|", "ran")))
     print("replica RSS at rest (MiB):", {k: round(v) for k, v in m["rss_rest"].items()})
     print("replica RSS after the run (MiB):", {k: round(v) for k, v in m["rss_after"].items()})
     if args.json:

@@ -224,7 +224,8 @@ class FrameStepper:
         for obj_idx in range(len(obj_ids)):
             if memory_later:
                 out, masks, todo = self.upstream(sam2_internals.track_object_then_memory, p, state, obj_idx, r)
-                self._memory_todo += [todo] if todo is not None else []
+                if todo is not None:
+                    self._memory_todo.append(todo)
             else:
                 out, masks = self.upstream(sam2_internals.track_object, p, state, obj_idx, r)
             pred_masks.append(masks)

@@ -31,7 +31,8 @@ __all__ = TOUCHES = (
     # SAM2VideoPredictor: inference_state and its per-frame outputs
     "new_inference_state", "state_frames", "video_size", "num_frames", "object_ids", "frame_features",
     "set_frame_features", "consolidate_prompts", "track_object", "track_object_then_memory", "video_res_masks",
-    "frame_output", "mask_logits", "FRAME_OUTPUT_KEYS", "object_score", "memory_window", "prune_outputs", "output_counts", "per_frame_tensors",
+    "frame_output", "mask_logits", "FRAME_OUTPUT_KEYS", "object_score", "memory_window", "prune_outputs",
+    "output_counts", "per_frame_tensors",
     # SAM2VideoPredictor: live streams (frames pushed one at a time, prompts on the latest frame)
     "record_tracked", "prune_inputs",
     # SAM2VideoPredictor: sessions on long videos (bounded state)
