@@ -61,6 +61,12 @@ def decode_image(data: bytes, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     return to_rgb(img)
 
 
+def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
+    """RGB uint8 (H, W, 3) -> (size, size, 3) as sam2's video frame loader resizes a frame before normalizing it
+    (PIL's ``resize`` with its default filter, aspect ratio not kept). At that size already: an equal copy."""
+    return np.asarray(Image.fromarray(rgb).resize((size, size)))
+
+
 def to_rgb(img: Image.Image) -> np.ndarray:
     """An opened PIL image to RGB uint8 (H, W, 3), as displayed: EXIF-rotated, alpha over white."""
     if img.getexif().get(ExifTags.Base.Orientation, 1) != 1:  # exif_transpose's test; it copies when it is 1

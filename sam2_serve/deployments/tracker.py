@@ -299,7 +299,7 @@ class VideoTracker:
         live_id = f"{self.tag}{_SEP}{secrets.token_urlsafe(12)}"
         self._live[live_id] = _Live(time.monotonic())
         self.metrics.live_streams.set(len(self._live))
-        return {"live_id": live_id, "ttl_s": self.session_ttl_s}
+        return {"live_id": live_id, "ttl_s": self.session_ttl_s, "image_size": self.model.image_size}
 
     def _end_live(self, live_id: str, why: str) -> None:
         s = self._live.pop(live_id, None)
@@ -321,12 +321,15 @@ class VideoTracker:
             finally:
                 s.last_used = time.monotonic()
 
-    async def live_frame(self, live_id: str, rgb, index: int, time_s: float) -> TrackedFrame:
-        """Track the stream's objects on its next frame, RGB uint8 (H, W, 3); ``index``/``time_s`` label it."""
+    async def live_frame(self, live_id: str, rgb, index: int, time_s: float,
+                         size: Optional[tuple[int, int]] = None) -> TrackedFrame:
+        """Track the stream's objects on its next frame, RGB uint8 (H, W, 3), or resized to the model's input size
+        (``image_size`` of ``live_open``) with ``size`` = the frame's (W, H) (``LiveTrack.push``); ``index``/``time_s``
+        label it."""
         def step(s: _Live):
             if s.track is None:
-                s.track = self.model.live(rgb.shape[1], rgb.shape[0])
-            return s.track.push(rgb, index, time_s)
+                s.track = self.model.live(*(size or (rgb.shape[1], rgb.shape[0])))
+            return s.track.push(rgb, index, time_s, size)
 
         frame = await self._live_step(live_id, self.metrics.frame.timed(step))
         self.metrics.frames.inc()

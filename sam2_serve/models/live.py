@@ -88,12 +88,21 @@ class LiveTrack:
     def track_ids(self) -> list[str]:
         return [str(o) for o in sam2_internals.object_ids(self.state)]
 
-    def push(self, rgb: np.ndarray, index: int, time_s: float) -> TrackedFrame:
-        """Track every object on the next frame, RGB uint8 (H, W, 3) at the stream's size; ``index`` and
-        ``time_s`` (seconds) label the result. Frames before the first prompt cost no model work."""
-        if rgb.shape != (self.height, self.width, 3):
-            raise InvalidRequest(f"the frame is {rgb.shape[1]}x{rgb.shape[0]} pixels; this stream's frames are "
+    def push(self, rgb: np.ndarray, index: int, time_s: float, size: Optional[tuple[int, int]] = None) -> TrackedFrame:
+        """Track every object on the next frame; ``index`` and ``time_s`` (seconds) label the result. Frames before
+        the first prompt cost no model work.
+
+        ``rgb``: the frame, RGB uint8 (H, W, 3) at the stream's size, or already resized to the model's input
+        (S, S, 3) by ``resize_square`` (the resize this would do), with ``size`` = the frame's own (W, H).
+        """
+        width, height = size or (rgb.shape[1], rgb.shape[0])
+        if (width, height) != (self.width, self.height):
+            raise InvalidRequest(f"the frame is {width}x{height} pixels; this stream's frames are "
                                  f"{self.width}x{self.height} (send a reset message first to change the size)")
+        side = self.model.image_size
+        if rgb.shape not in ((height, width, 3), (side, side, 3)):
+            raise ValueError(f"pixels of shape {rgb.shape} for a {width}x{height} frame: send them at that size or "
+                             f"at the model's input size {side}x{side}")
         r = 0 if self.current is None else self.current + 1
         with self.model.context():
             self.core.prune(r)  # what frame r and later read; frame r - 1's features go

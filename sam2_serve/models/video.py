@@ -31,8 +31,8 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
+from sam2_serve.common.images import resize_square
 from sam2_serve.common.masks import mask_box
 from sam2_serve.common.videos import FrameReader
 from sam2_serve.common.types import TrackedFrame, TrackedObject, VideoObjectPrompt
@@ -50,7 +50,7 @@ IMG_STD = (0.229, 0.224, 0.225)
 
 def preprocess_frame(rgb: np.ndarray, image_size: int) -> torch.Tensor:
     """RGB uint8 (H, W, 3) -> normalized float32 (3, S, S), as upstream's video frame loader computes it."""
-    img_np = np.array(Image.fromarray(rgb).resize((image_size, image_size))) / 255.0  # float64, like upstream
+    img_np = resize_square(rgb, image_size) / 255.0  # float64, like upstream
     img = torch.from_numpy(img_np).permute(2, 0, 1).to(torch.float32)
     img -= torch.tensor(IMG_MEAN, dtype=torch.float32)[:, None, None]
     img /= torch.tensor(IMG_STD, dtype=torch.float32)[:, None, None]

@@ -152,3 +152,29 @@ def test_frames_of_another_size_are_refused(model, frames):
     with pytest.raises(InvalidRequest, match="960x540"):
         live.push(frames[0][:100], 1, 0.0)
     assert live.push(frames[1], 1, 0.0).objects == []  # still usable
+
+
+def test_frames_resized_by_the_ingress_track_as_full_frames(model, frames):
+    """The ingress sends a frame larger than the model's input already resized (``resize_square``: the resize the
+    tracker would do) with the frame's size: the same masks, bit for bit, through a click and a correction."""
+    from sam2_serve.common.images import resize_square
+
+    side = model.image_size
+    full, resized = _live(model, frames), _live(model, frames)
+    for i in range(5):
+        a = full.push(frames[i], i, 0.0)
+        b = resized.push(resize_square(frames[i], side), i, 0.0, size=(960, 540))
+        if i in (0, 3):
+            click = _click(i, "1", 480 - 20 * i, 300, clear=i == 0)
+            a, b = full.add([click]), resized.add([click])
+        full.finish()
+        resized.finish()
+        assert [o.track_id for o in a.objects] == [o.track_id for o in b.objects] == ["1"]
+        for x, y in zip(a.objects, b.objects):
+            assert x.mask.shape == (540, 960) and 0.005 < x.mask.mean() < 0.995, f"frame {i}"
+            assert np.array_equal(x.mask, y.mask), f"frame {i}"
+            assert x.score == y.score
+    with pytest.raises(InvalidRequest, match="640x480 pixels; this stream's frames are 960x540"):
+        resized.push(resize_square(frames[5], side), 5, 0.0, size=(640, 480))
+    with pytest.raises(ValueError, match="model's input size"):
+        resized.push(frames[5][:, :500], 5, 0.0, size=(960, 540))

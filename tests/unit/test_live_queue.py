@@ -1,10 +1,18 @@
-"""sam2_serve.services.live.LiveQueue: arrival order, latest frame wins, skipped frames carried, the bound."""
+"""sam2_serve.services.live: LiveQueue (arrival order, latest frame wins, skipped frames carried, the bound), and the
+pixels LiveStream sends the tracker."""
 
 from __future__ import annotations
 
 import asyncio
 
-from sam2_serve.services.live import Item, LiveQueue
+import numpy as np
+import pytest
+
+from sam2_serve.common.errors import PayloadTooLarge
+from sam2_serve.common.images import resize_square
+from sam2_serve.common.limits import Limits
+from sam2_serve.common.png import png_bytes
+from sam2_serve.services.live import Item, LiveQueue, LiveStream
 
 
 def _drain(q: LiveQueue) -> list[Item]:
@@ -52,3 +60,17 @@ def test_bounded_and_get_waits_for_an_item():
         return (await getter).data
 
     assert asyncio.run(later()) == b"x"
+
+
+def test_frames_larger_than_the_models_input_go_to_the_tracker_resized():
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (54, 96, 3), dtype=np.uint8)
+    stream = LiveStream(None, Limits(max_frame_pixels=54 * 96))
+    stream.image_size = 32  # as the tracker's live_open tells it
+    pixels, size = stream._pixels(png_bytes(frame))
+    assert size == (96, 54) and np.array_equal(pixels, resize_square(frame, 32))
+    stream.image_size = 72  # 72 x 72 > 96 x 54: the frame as it is, fewer bytes
+    pixels, size = stream._pixels(png_bytes(frame))
+    assert size is None and np.array_equal(pixels, frame)
+    with pytest.raises(PayloadTooLarge, match="pixels"):
+        LiveStream(None, Limits(max_frame_pixels=54 * 96 - 1))._pixels(png_bytes(frame))
