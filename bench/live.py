@@ -7,9 +7,9 @@ memory over a long stream.
 Targets (issue 16), bedroom.mp4 frames (960x540), one click on frame 0, tiny model at ``++model.image_size=256``
 (its step is short, so what a pushed frame costs beyond it weighs most):
   latency   per-frame time of a live stream, each frame sent once the previous one is answered (PNG up as
-            ``model.live`` encodes it, RLE masks down: the round trip a client sees), <= 1.1x /v1/generate's per-frame time on the same video
-            (time between NDJSON lines): the median of 6 pairs' ratios (a run of each, back to back, in
-            alternating order), the best of each beside it
+            ``model.live`` encodes it, RLE masks down: the round trip a client sees), <= 1.1x /v1/generate's
+            per-frame time on the same video (time between NDJSON lines): the median of 6 pairs' ratios (a run
+            of each, back to back, in alternating order), the best of each beside it
   memory    resident memory of the VideoTracker replica after 1000 pushed frames <= 1.1x after 100 (frames cycle
             through bedroom's 200, forward then backward); the tracker's own state bytes beside it
 Starts Ray and the application here (one tracker replica) unless ``--url`` names a running one (then replica

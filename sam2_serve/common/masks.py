@@ -21,10 +21,8 @@ def png_bytes(mask: np.ndarray | BitMask) -> bytes:
     a mask, while 0/255 rows compress as well unfiltered, and ISA-L's deflate is 5-10x faster than zlib's fastest
     level on masks. On a speckled 1800x1200 mask: 19 ms with Pillow, 7 ms unfiltered with zlib, 2 ms with ISA-L.
     """
-    bits = mask if isinstance(mask, BitMask) else BitMask.pack(mask)
-    grey = bits.unpack().view(np.uint8)
-    grey *= 255
-    return encode_pixels(grey, "none")
+    inside = mask.unpack() if isinstance(mask, BitMask) else np.asarray(mask, dtype=bool)
+    return encode_pixels(inside.view(np.uint8) * np.uint8(255), "none")
 
 
 def encode_png(mask: np.ndarray | BitMask) -> str:
