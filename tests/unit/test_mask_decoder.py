@@ -94,3 +94,29 @@ def test_each_positional_encoding_is_used_as_given(plain_and_ours):
             got_tokens, got_image = sam2_internals.mask_decoder_transformer(ours)(image, pe, tokens)
         np.testing.assert_allclose(got_tokens.numpy(), ref_tokens.numpy(), atol=1e-4)
         np.testing.assert_allclose(got_image.numpy(), ref_image.numpy(), atol=1e-4)
+
+
+def test_a_batch_on_one_image_projects_the_image_once(plain_and_ours):
+    """Prompts on one image: the first block's image-side projections run on one row, broadcast (stride 0 over the
+    batch); different images in one batch: on every row. Both give sam2's outputs (the tests above)."""
+    plain, ours = plain_and_ours
+    transformer = sam2_internals.mask_decoder_transformer(ours)
+    projections = sam2_internals.first_block_image_projections(transformer.transformer)
+    assert all(type(p) is mask_decoder.RowSharedLinear for p in projections)
+    strides: list[int] = []
+    hooks = [p.register_forward_hook(lambda mod, args, out: strides.append(out.stride(0))) for p in projections]
+    g = torch.Generator().manual_seed(4)
+    images, pe, tokens = torch.randn(2, 256, 64, 64, generator=g), torch.randn(1, 256, 64, 64, generator=g), \
+        torch.randn(2, 8, 256, generator=g)
+    try:
+        _decode(ours, *_inputs(4))
+        assert strides == [0, 0, 0]
+        with torch.inference_mode():
+            got = transformer(images, pe.expand(2, -1, -1, -1), tokens)
+            ref = sam2_internals.mask_decoder_transformer(plain)(images, pe.expand(2, -1, -1, -1), tokens)
+        assert len(strides) == 6 and all(s > 0 for s in strides[3:])
+    finally:
+        for h in hooks:
+            h.remove()
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-4)

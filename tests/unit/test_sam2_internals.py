@@ -256,6 +256,41 @@ def test_how_the_mask_decoder_calls_its_transformer(image_model):
     torch.testing.assert_close(ours, iou_pred, msg=why("iou_predictions", "not predict_masks' IoUs (token order?)"))
 
 
+def test_first_block_image_projections_read_the_image_only(image_model):
+    """A decode of 3 prompts on one image: each of the three projections gets B equal rows, the image (plus its
+    encoding) projected, whatever the prompts."""
+    transformer = si.mask_decoder_transformer(image_model)
+    projections = si.first_block_image_projections(transformer)
+    block = transformer.layers[0]
+    assert [type(p) for p in projections] == [torch.nn.Linear] * 3 and projections == [
+        block.cross_attn_token_to_image.k_proj, block.cross_attn_token_to_image.v_proj,
+        block.cross_attn_image_to_token.q_proj], why("first_block_image_projections", "not the first block's")
+    g = torch.Generator().manual_seed(3)
+    image = torch.randn(1, 256, 64, 64, generator=g)
+    high_res = [torch.randn(1, 32, 256, 256, generator=g), torch.randn(1, 64, 128, 128, generator=g)]
+    seen: list[torch.Tensor] = []
+    hooks = [p.register_forward_hook(lambda mod, args, out: seen.append(args[0].clone())) for p in projections]
+    try:
+        with torch.inference_mode():
+            for seed in (4, 5):  # two batches of different prompts
+                points = (torch.rand(3, 2, 2, generator=torch.Generator().manual_seed(seed)) * 1024,
+                          torch.tensor([[1, 0]] * 3))
+                sparse, dense = image_model.sam_prompt_encoder(points=points, boxes=None, masks=None)
+                image_model.sam_mask_decoder.predict_masks(
+                    image_embeddings=image, image_pe=image_model.sam_prompt_encoder.get_dense_pe(),
+                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, repeat_image=True,
+                    high_res_features=high_res)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(seen) == 6, why("first_block_image_projections", f"{len(seen)} calls for two decodes, not 6")
+    for x in seen:
+        assert x.shape == (3, 64 * 64, 256) and torch.equal(x, x[:1].expand_as(x)), why(
+            "first_block_image_projections", "an input whose rows differ for prompts on one image")
+    for first, second in zip(seen[:3], seen[3:]):
+        assert torch.equal(first, second), why("first_block_image_projections", "an input that reads the prompts")
+
+
 # ---- warnings, imports, checkpoints ------------------------------------------------------------------------------------
 
 def test_missing_extension_warning_is_matched_and_silenced_once():

@@ -150,6 +150,17 @@ def single_dense_pe(image_pe: torch.Tensor) -> torch.Tensor:
     return image_pe[:1]
 
 
+def first_block_image_projections(transformer: torch.nn.Module) -> list[torch.nn.Linear]:
+    """The projections of ``TwoWayTransformer``'s first block (``layers[0]``) that read the image side only:
+    ``cross_attn_token_to_image.k_proj`` (of ``keys + key_pe``) and ``.v_proj`` (of ``keys``), and
+    ``cross_attn_image_to_token.q_proj`` (of ``keys + key_pe``). ``keys`` entering the first block is the
+    transformer's ``image_embedding`` and ``key_pe`` its ``image_pe``, flattened to B x HW x C
+    (``TwoWayTransformer.forward``): where the B rows of both are equal, so are these projections' B rows."""
+    block = transformer.layers[0]
+    return [block.cross_attn_token_to_image.k_proj, block.cross_attn_token_to_image.v_proj,
+            block.cross_attn_image_to_token.q_proj]
+
+
 def iou_predictions(model, tokens: torch.Tensor) -> torch.Tensor:
     """The four predicted IoUs (B x 4, single-mask token first) that ``predict_masks`` derives from the
     transformer's output tokens ``tokens`` (B x T x C): ``iou_prediction_head`` on the IoU token, which follows the
