@@ -15,6 +15,17 @@ from sam2_serve.common.masks import encode_mask, encode_png, mask_box
 from sam2_serve.common.types import AmgResult, AutoMask, BitMask, MaskPrediction, TrackedFrame
 
 
+# Answers with at most this many mask pixels in all are encoded on the caller's event loop, larger ones in a worker
+# thread: RLE costs ~1.1 ms a megapixel (PNG ~0.25), so up to ~4-5 ms of loop time, against ~3-5 ms more for a hop to
+# a worker thread and back (it waits for the GIL). A click's mask at 1800x1200 is 2.2 megapixels.
+INLINE_ENCODE_PIXELS = 4_000_000
+
+
+def encode_inline(pixels: int) -> bool:
+    """Whether an answer with ``pixels`` mask pixels (width x height x masks) is cheaper encoded where it is."""
+    return pixels <= INLINE_ENCODE_PIXELS
+
+
 # ---- predict ---------------------------------------------------------------------------------------------------
 
 def region_json(mask: np.ndarray | BitMask, score: float, track_id: Optional[str], mask_format: str) -> dict:

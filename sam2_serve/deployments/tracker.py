@@ -408,10 +408,12 @@ class VideoTracker:
         self.metrics.refresh()
 
     def stats(self) -> dict:
-        """Counters for tests (the exported metrics' values)."""
+        """Counters for tests and benchmarks (the exported metrics' values); ``frame_steps`` / ``frame_step_s``: the
+        frames stepped and the seconds of model work in them (``sam2_tracker_frame_seconds``' count and sum)."""
         self._expire()
         m = self.metrics
         return {"replica": self.tag, "sessions": len(self._sessions), "streams_active": m.streams.value,
                 "streams_started": m.streams_started.value, "frames_tracked": m.frames.value,
                 "streams_cancelled": m.streams_cancelled.value, "session_ids": list(self._sessions),
-                "live_streams": len(self._live), "encoder_backend": self.model.encoder.backend}
+                "live_streams": len(self._live), "encoder_backend": self.model.encoder.backend,
+                "frame_steps": m.frame.count, "frame_step_s": m.frame.sum}

@@ -16,18 +16,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from sam2_serve import __version__
 from sam2_serve.common import schemas
-from sam2_serve.common.wire import frame_json, predict_json, segment_json
+from sam2_serve.common.wire import encode_inline, frame_json, predict_json, segment_json
 from sam2_serve.deployments.metrics import RequestMetrics
 from sam2_serve.http.bodies import image_request, video_request
 from sam2_serve.http.guard import GuardedRoute, install_error_handlers, stream_error_line
 from sam2_serve.http.live import add_live_route
 from sam2_serve.http.openapi import body_doc, docs_app, install_openapi
 from sam2_serve.http.web import add_web_routes
-
-# Answers with at most this many masks are encoded on the event loop, larger ones in a thread: a click's mask or
-# three encode in ~1-3 ms, cheaper than a hop to a worker thread and back (~5 ms more: it waits for the GIL).
-INLINE_MASKS = 3
-
 
 def build_http_app(ingress) -> FastAPI:
     """The FastAPI app of one ``SAM2Ingress`` replica."""
@@ -55,7 +50,7 @@ def build_http_app(ingress) -> FastAPI:
         req, image, image_id = await image_request(request, schemas.PredictRequest, max_body)
         out = await ingress.images.predict(image, image_id, req, with_logits=False)
         args = (out.image_id, out.width, out.height, out.predictions, req.mask_format.value)
-        if sum(len(p.masks) for p in out.predictions) <= INLINE_MASKS:
+        if encode_inline(out.width * out.height * sum(len(p.masks) for p in out.predictions)):
             return JSONResponse(predict_json(*args))
         return JSONResponse(await asyncio.to_thread(predict_json, *args))
 

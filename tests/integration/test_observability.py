@@ -146,7 +146,9 @@ def test_metrics_after_traffic(base_url, http, handle, image_b64, bedroom_path, 
                      "streams": (value(m, "ray_sam2_tracker_streams", replica=rid), s["streams_active"]),
                      "sessions": (value(m, "ray_sam2_tracker_sessions", replica=rid), s["sessions"]),
                      "live streams": (value(m, "ray_sam2_tracker_live_streams", replica=rid),
-                                      s["live_streams"])}
+                                      s["live_streams"]),
+                     "frame steps": (value(m, "ray_sam2_tracker_frame_seconds_count", replica=rid),
+                                     s["frame_steps"])}
             off += [f"{rid} {k}: exported {a}, stats {b}" for k, (a, b) in pairs.items() if a != b]
         return off
 
