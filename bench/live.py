@@ -7,7 +7,9 @@ memory over a long stream.
 Targets (issue 16), bedroom.mp4 frames (960x540), one click on frame 0, tiny model at ``++model.image_size=256``
 (its step is short, so what a pushed frame costs beyond it weighs most):
   latency   per-frame time of a live stream, each frame sent once the previous one is answered (PNG up as
-            ``model.live`` encodes it, RLE masks down: the round trip a client sees), <= 1.1x /v1/generate's
+            ``model.live`` sends it: resized to the tracker's input first, after a ``frame_size`` message; RLE
+            masks down: the round trip a client sees; the client's own resize + encode, done before, is
+            printed beside it), <= 1.1x /v1/generate's
             per-frame time on the same video (time between NDJSON lines): the median of 6 pairs' ratios (a run
             of each, back to back, in alternating order), the best of each beside it; and the tracker replica's
             own seconds a frame in each (what the round trip adds is the difference)
@@ -30,7 +32,7 @@ import numpy as np
 import requests
 
 from bench.common import DATA, bench_checkpoint, machine, replica_rss_mib, table
-from sam2_serve.client.live import encode_frame
+from sam2_serve.client.live import encode_frame, prepare_frame
 
 VIDEO = DATA / "videos" / "bedroom.mp4"
 CLICK = {"point": [0.5, 0.55], "track_id": "1"}
@@ -61,7 +63,16 @@ class Stream:
         self.ws = connect(url.replace("http", "ws", 1) + "/v1/live?mask_format=rle", max_size=None, proxy=None,
                           compression=None)
         ready = json.loads(self.ws.recv())
-        self.stream_id = ready["stream_id"]
+        self.stream_id, self.input_size = ready["stream_id"], ready["input_size"]
+
+    def prepared(self, frames: list[np.ndarray]) -> list[bytes]:
+        """The frames as ``model.live`` sends them on this stream (its ``frame_size`` message sent)."""
+        out = [prepare_frame(f, "png", self.input_size) for f in frames]
+        size = out[0][1]
+        if size is not None:
+            self.ws.send(json.dumps({"type": "frame_size", "width": size[0], "height": size[1]}))
+            assert json.loads(self.ws.recv())["type"] == "frame_size"
+        return [data for data, _ in out]
 
     def push(self, data: bytes) -> dict:
         self.ws.send(data)
@@ -72,8 +83,9 @@ class Stream:
         self.ws.recv()
 
 
-def live_per_frame(url: str, frames: list[bytes]) -> float:
+def live_per_frame(url: str, rgb: list[np.ndarray]) -> float:
     s = Stream(url)
+    frames = s.prepared(rgb)
     s.push(frames[0])
     s.prompt()
     times = []
@@ -94,11 +106,24 @@ def tracker_steps() -> tuple[int, float]:
     return stats["frame_steps"], stats["frame_step_s"]
 
 
-def memory(url: str, counts: list[int], frames: list[bytes]) -> list[tuple]:
+def client_ms(frames: list[np.ndarray], input_size: int, repeats: int = 3) -> tuple[float, float]:
+    """The client's milliseconds a frame (median, the two alternated frame by frame), before sending: (resize +
+    encode as ``model.live`` does, encode whole)."""
+    prep, whole = [], []
+    for f in frames * repeats:
+        for out, fn in ((prep, lambda: prepare_frame(f, "png", input_size)), (whole, lambda: encode_frame(f, "png"))):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return float(np.median(prep)) * 1e3, float(np.median(whole)) * 1e3
+
+
+def memory(url: str, counts: list[int], rgb: list[np.ndarray]) -> list[tuple]:
     from ray import serve
 
     tracker = serve.get_deployment_handle("VideoTracker", app_name="sam2")
     s = Stream(url)
+    frames = s.prepared(rgb)
     s.push(frames[0])
     s.prompt()
     rows, first = [], None
@@ -157,7 +182,7 @@ def main() -> None:
     from sam2_serve.testing import decode_frames
 
     base = decode_frames(VIDEO, 200)
-    frames = [encode_frame(f, "png") for f in base + base[::-1]]  # as model.live sends them
+    frames = base + base[::-1]
     with service(args.url, args.model, args.image_size or None) as url:
         print(f"machine: {machine()} (figures are noisy on a shared machine)")
         runs: dict[str, list[float]] = {"generate": [], "live": []}
@@ -177,6 +202,11 @@ def main() -> None:
                      ("the tracker's step (s), median of runs", f"{step_lv:.3f}", f"{step_g:.3f}",
                       f"{step_lv / step_g:.3f}x", "(reported)")],
                     ("measure", "live", "generate", "ratio", "target")))
+        probe = Stream(url)  # the tracker's input size, from the service's ready message
+        probe.ws.close()
+        prep, whole = client_ms(frames[:args.frames], probe.input_size)
+        print(f"client, before sending a frame (not in the round trip): resize + encode {prep:.1f} ms "
+              f"(encoding it whole: {whole:.1f} ms)")
         print(json.dumps(runs))
         if not args.memory_frames:
             return

@@ -229,16 +229,17 @@ class Model:
         return self._request("DELETE", f"/v1/sessions/{_sid(session_id)}").json()
 
     def live(self, frames: Optional[Iterable[Any]] = None, prompts: Optional[dict] = None, wait: bool = True,
-             frame_format: str = "png", denormalize_coord: bool = True) -> LiveStream:
+             frame_format: str = "png", denormalize_coord: bool = True, resize: bool = True) -> LiveStream:
         """Track objects in frames sent one by one over a WebSocket (a camera, a stream, a file read frame by
         frame): ``sam2_serve.client.live``. ``frames``: an iterable of images (numpy RGB, PIL, ``Image``, bytes,
         paths), sent as you iterate (``wait=True``: each once the previous is answered, none skipped) or as the
         source yields them (``wait=False``: the service tracks the newest, skipped ones are reported);
         ``prompts``: {frame index: regions}, sent right after that frame (``denormalize_coord``: their
         coordinates are fractions of W/H, else pixels). Without ``frames``, call ``send``. ``frame_format``: how
-        arrays and PIL images travel, ``png`` (lossless) or ``jpeg`` (smaller)."""
+        arrays and PIL images travel, ``png`` (lossless) or ``jpeg`` (smaller); ``resize``: arrays and RGB images
+        larger than the tracker's input are resized to it here, as the service would (same masks, fewer bytes)."""
         return LiveStream(self.url, self.api_key, frames, prompts, wait, frame_format, MASK_FORMAT, self.timeout,
-                          self.connect_timeout, f"sam2-serve-client/{__version__}", denormalize_coord)
+                          self.connect_timeout, f"sam2-serve-client/{__version__}", denormalize_coord, resize)
 
     # ---- HTTP ------------------------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import binascii
 import hashlib
 import io
 import warnings
+from typing import Optional
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
@@ -65,6 +66,17 @@ def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
     """RGB uint8 (H, W, 3) -> (size, size, 3) as sam2's video frame loader resizes a frame before normalizing it
     (PIL's ``resize`` with its default filter, aspect ratio not kept). At that size already: an equal copy."""
     return np.asarray(Image.fromarray(rgb).resize((size, size)))
+
+
+def shrink_to_input(rgb: np.ndarray, side: int) -> tuple[np.ndarray, Optional[tuple[int, int]]]:
+    """A video frame for a tracker whose input is ``side`` x ``side``: RGB uint8 (H, W, 3) with more pixels than
+    that -> (``resize_square(rgb, side)``, its own (W, H)); otherwise (``rgb``, None), as it is (fewer bytes than
+    resized; the tracker resizes it itself). The live service and the live client both apply this one rule, so a
+    frame the client resized is the frame the service would have made."""
+    height, width = rgb.shape[:2]
+    if side * side >= width * height:
+        return rgb, None
+    return resize_square(rgb, side), (width, height)
 
 
 def to_rgb(img: Image.Image) -> np.ndarray:

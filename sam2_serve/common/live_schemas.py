@@ -2,9 +2,9 @@
 
 Client -> server: **binary** messages are frames (one encoded image each: JPEG, PNG, WebP, ...; the service numbers
 them 0, 1, 2, ... in arrival order, skipped ones included); **text** messages are JSON, one of ``LiveClientMessage``
-(``type``: ``auth``, ``prompt``, ``remove``, ``reset``, ``close``). Server -> client: JSON text, one of the
-``Live*Out`` schemas below (``type``: ``ready``, ``frame``, ``prompt``, ``removed``, ``reset``, ``closed``,
-``error``), in the order of the messages they answer.
+(``type``: ``auth``, ``prompt``, ``remove``, ``reset``, ``close``, ``frame_size``). Server -> client: JSON text, one
+of the ``Live*Out`` schemas below (``type``: ``ready``, ``frame``, ``prompt``, ``removed``, ``reset``, ``frame_size``,
+``closed``, ``error``), in the order of the messages they answer.
 
 Backpressure (latest frame wins): while the tracker works on a frame, one more frame may wait; a newer frame
 arriving replaces it. A replaced frame is never decoded nor tracked, and the next frame answered lists it in
@@ -64,7 +64,23 @@ class LiveControl(Strict):
     id: MessageId = _ID
 
 
-LiveClientMessage = Annotated[Union[LiveAuth, LivePrompt, LiveRemove, LiveControl], Field(discriminator="type")]
+class LiveFrameSize(Strict):
+    """The size of the frames that follow, for a client that sends them already resized to the tracker's input
+    (``input_size`` x ``input_size`` of ``ready``) by ``sam2_serve.common.images.resize_square``: the resize the
+    service would do (sam2's frame loader: PIL's default filter, aspect ratio not kept), so the masks are the same;
+    a 960x540 frame at input size 256 travels as 89 kB instead of 400 kB and is not decoded twice. Frames of exactly
+    the input size are then taken as resized from ``width`` x ``height`` (masks come back at that size); frames of
+    any other size are taken as they are. Holds for the connection, across ``reset``, until another ``frame_size``.
+    Answered by ``frame_size``."""
+
+    type: Literal["frame_size"]
+    id: MessageId = _ID
+    width: WholeInt = Field(ge=1, le=1 << 16, description="The frames' own width, in pixels.")
+    height: WholeInt = Field(ge=1, le=1 << 16, description="The frames' own height, in pixels.")
+
+
+LiveClientMessage = Annotated[Union[LiveAuth, LivePrompt, LiveRemove, LiveControl, LiveFrameSize],
+                              Field(discriminator="type")]
 
 
 # ---- server -> client ------------------------------------------------------------------------------------------
@@ -76,6 +92,8 @@ class LiveReadyOut(BaseModel):
     stream_id: str = Field(description="The stream's id (for logs and support; the connection is the stream).")
     mask_format: MaskFormat
     policy: str = Field(description="What happens to frames sent faster than they are tracked.")
+    input_size: int = Field(description="The tracker's input size S: frames are resized to S x S for the model "
+                            "(a client may send them at that size, after ``frame_size``).")
     limits: dict = Field(description="max_frame_bytes, max_frame_pixels, max_objects, max_points, "
                          "max_message_bytes (text)")
 
@@ -100,6 +118,13 @@ class LiveRemovedOut(BaseModel):
 class LiveResetOut(BaseModel):
     type: Literal["reset"]
     id: MessageId = None
+
+
+class LiveFrameSizeOut(BaseModel):
+    type: Literal["frame_size"]
+    id: MessageId = None
+    width: int
+    height: int
 
 
 class LiveClosedOut(BaseModel):

@@ -111,7 +111,8 @@ async def _serve(websocket: WebSocket, ingress) -> None:
     queue = LiveQueue()
     try:
         await websocket.send_text(json.dumps({
-            "type": "ready", "stream_id": stream.live_id, "mask_format": fmt, "policy": POLICY, "limits": {
+            "type": "ready", "stream_id": stream.live_id, "mask_format": fmt, "policy": POLICY,
+            "input_size": stream.image_size, "limits": {
             "max_frame_bytes": lim.max_image_bytes, "max_frame_pixels": lim.max_frame_pixels,
             "max_objects": lim.max_video_objects, "max_points": lim.max_points,
             "max_message_bytes": lim.max_body_bytes}}))

@@ -18,10 +18,10 @@ from typing import Any, Optional
 import numpy as np
 import ray
 
-from sam2_serve.common.errors import LimitExceeded, SessionGone
-from sam2_serve.common.images import decode_image, resize_square
+from sam2_serve.common.errors import LimitExceeded, PayloadTooLarge, SessionGone
+from sam2_serve.common.images import decode_image, shrink_to_input
 from sam2_serve.common.limits import Limits
-from sam2_serve.common.live_schemas import LiveControl, LivePrompt, LiveRemove
+from sam2_serve.common.live_schemas import LiveControl, LiveFrameSize, LivePrompt, LiveRemove
 from sam2_serve.common.types import TrackedFrame
 from sam2_serve.common.wire import encode_inline, live_frame_json
 from sam2_serve.services.video import CREATE_TRIES, VideoService
@@ -105,6 +105,7 @@ class LiveStream:
         self.image_size: Optional[int] = None  # the tracker model's input size S (frames go to it as S x S)
         self.started: Optional[float] = None  # arrival of the first frame
         self.frames_tracked = 0
+        self.frame_size: Optional[tuple[int, int]] = None  # (W, H) declared by ``frame_size``
         self._carry: list[int] = []  # skipped frames not yet reported (their reporting frame failed)
 
     async def open(self) -> dict:
@@ -140,6 +141,13 @@ class LiveStream:
         if isinstance(msg, LiveRemove):
             ids = await self._call(self.live_id, "live_remove", msg.track_id)
             return {"type": "removed", "id": msg.id, "track_id": msg.track_id, "track_ids": ids}
+        if isinstance(msg, LiveFrameSize):
+            pixels = msg.width * msg.height
+            if pixels > self.limits.max_frame_pixels:
+                raise PayloadTooLarge(f"frames of {msg.width}x{msg.height} = {pixels} pixels; the limit is "
+                                      f"{self.limits.max_frame_pixels} pixels")
+            self.frame_size = (msg.width, msg.height)
+            return {"type": "frame_size", "id": msg.id, "width": msg.width, "height": msg.height}
         if isinstance(msg, LiveControl) and msg.type == "reset":
             await self._call(self.live_id, "live_reset")
             return {"type": "reset", "id": msg.id}
@@ -167,14 +175,16 @@ class LiveStream:
 
     def _pixels(self, data: bytes) -> tuple[np.ndarray, Optional[tuple[int, int]]]:
         """A frame's pixels for the tracker, and the frame's (W, H) when they were resized: a frame larger than the
-        model's input is resized here as the tracker would (``resize_square``), so that 196 kB instead of 1.5 MB
-        (960x540 at 256) go to the tracker, and the resize is done while the tracker finishes the previous frame."""
+        model's input is resized here as the tracker would (``shrink_to_input``), so that 196 kB instead of 1.5 MB
+        (960x540 at 256) go to the tracker, and the resize is done while the tracker finishes the previous frame; a
+        frame at the input size after ``frame_size`` was resized so by the client."""
         rgb = decode_image(data, self.limits.max_image_bytes, self.limits.max_frame_pixels)
-        height, width = rgb.shape[:2]
         side = self.image_size
-        if side is None or side * side >= width * height:
+        if side is None:
             return rgb, None
-        return resize_square(rgb, side), (width, height)
+        if self.frame_size is not None and rgb.shape[:2] == (side, side):
+            return rgb, self.frame_size
+        return shrink_to_input(rgb, side)
 
     def closed(self, msg: Optional[LiveControl], queue: LiveQueue) -> dict:
         return {"type": "closed", "id": msg.id if msg else None, "frames_received": queue.frames_received,

@@ -16,6 +16,7 @@ import requests
 from PIL import Image
 from websockets.sync.client import connect
 
+from sam2_serve import Model
 from sam2_serve.common.masks import decode_png, decode_rle
 from sam2_serve.testing import assert_same_mask, decode_frames
 from tests.integration.conftest import assert_healthy
@@ -146,6 +147,31 @@ def test_equals_generate_with_objects_added_and_removed(base_url, frames, bedroo
             assert_same_mask(m, expected[track_id], f"frame {i} object {track_id}")
 
 
+def test_frames_resized_by_the_client_give_the_masks_of_whole_frames(base_url, frames):
+    """``model.live`` sends bedroom's 960x540 frames resized to the tracker's 256x256 input after a ``frame_size``
+    message (89 kB instead of 400 kB a frame): every answer's masks, boxes and scores are those of the same frames
+    sent whole over a raw WebSocket (which the service resizes itself), at 960x540."""
+    whole = Live(base_url, "?mask_format=rle")
+    assert whole.ready()["input_size"] == 256
+    expected = []
+    for i, rgb in enumerate(frames[:4]):
+        answer = whole.ask(png(rgb))
+        if i == 0:
+            answer = whole.ask({"type": "prompt", "regions": [A]})
+        expected.append(answer)
+    whole.close()
+
+    with Model(base_url, timeout=TIMEOUT_S) as model, model.live(frames[:4], prompts={0: [A]}) as live:
+        got = [f for f in live if f.kind == "prompt" or f.index > 0]
+        assert (live.input_size, live.frame_size) == (256, (960, 540))
+    assert [(f.kind, f.index) for f in got] == [("prompt", 0), ("frame", 1), ("frame", 2), ("frame", 3)]
+    for frame, want in zip(got, expected):
+        (region,), (other,) = frame.regions, want["regions"]
+        assert region.mask.shape == (540, 960) and 0.005 < region.mask.mean() < 0.995
+        assert np.array_equal(region.mask, mask(other)), f"frame {frame.index}"
+        assert (region.track_id, region.box, region.score) == (other["track_id"], other["box"], other["score"])
+
+
 def test_bad_messages_are_answered_and_the_stream_goes_on(live, small, base_url):
     big = png(np.zeros((2000, 5000, 3), np.uint8))  # 10 M pixels, few bytes
     live.frame(small[0])  # index 0
@@ -170,6 +196,9 @@ def test_bad_messages_are_answered_and_the_stream_goes_on(live, small, base_url)
         ("not an image", b"\x00\x01 not an image", "invalid_image", "not an image"),
         ("too many pixels", big, "payload_too_large", "pixels"),
         ("another size", png(small[1][:90]), "invalid_request", "320x180"),
+        ("frame_size of nothing", {"type": "frame_size", "width": 0, "height": 180}, "invalid_request", "width"),
+        ("frame_size too large", {"type": "frame_size", "width": 5000, "height": 2000}, "payload_too_large",
+         "10000000 pixels"),
     ]
     index = 1
     for case, message, code, needle in cases:
