@@ -23,7 +23,8 @@ Start-up (``load_fast_encoder``), on the replica's torch thread:
    at most ``KEEP_IF`` of torch's time. Its compiled network holds its own weights and activation buffers (base-plus
    at 1024: ~2 GiB more in the replica), which pays on CPUs where it is much faster (measured 2x with AVX-512) and
    not on those where it is not (0.8-1.0x on an AVX2-only EPYC: BENCHMARKS.md). The race's times are kept in the
-   entry per kind of CPU (``race.json``), so later starts on such a machine do not race again.
+   entry per kind of CPU (``race.json``), so later starts on such a machine do not race again; replicas starting
+   together race one at a time, under the entry's lock, and the later ones take the first one's times.
 Any failure (OpenVINO missing, export or compile error, a mismatch) or a lost race leaves torch in place, with the
 reason logged and in ``FastEncoder.reason``.
 
@@ -153,6 +154,15 @@ def _race_once(model: torch.nn.Module, enc: FastEncoder) -> tuple[float, float, 
     """``race``'s times for ``enc``'s entry on this CPU (``cpu_signature``), run at the first start and kept in
     the entry's ``race.json``: a later start on the same kind of machine skips two warm passes (~20 s for
     base-plus on 2 cores). Returns (torch seconds, OpenVINO seconds, when they were measured)."""
+    # Under the entry's lock: replicas that start together (an ImageEncoder and a VideoTracker share the entry) race
+    # one at a time and the later ones take the first one's verdict. Racing side by side on a few cores, each timed
+    # the other's load, and they could decide differently for the same network (measured: one kept torch, the
+    # other OpenVINO, in one start).
+    with _entry_lock(enc.cache_entry):
+        return _race_locked(model, enc)
+
+
+def _race_locked(model: torch.nn.Module, enc: FastEncoder) -> tuple[float, float, str]:
     path, sig = enc.cache_entry / RACE_FILE, cpu_signature()
     verdicts = _read_json(path)
     try:
@@ -164,7 +174,7 @@ def _race_once(model: torch.nn.Module, enc: FastEncoder) -> tuple[float, float, 
     torch_s, ov_s = race(model, enc.forward_image, int(model.image_size))
     enc.timings.update(race_torch=torch_s, race_openvino=ov_s)
     verdicts[sig] = {"torch_s": torch_s, "openvino_s": ov_s}
-    try:  # atomic: replicas starting together may both write
+    try:  # atomic: a start killed while writing leaves the old record, not half a file
         fd, tmp = tempfile.mkstemp(prefix=f".{RACE_FILE}-", dir=enc.cache_entry)
         with os.fdopen(fd, "w") as f:
             json.dump(verdicts, f, indent=1)
@@ -189,7 +199,6 @@ def _fallback(reason: str) -> FastEncoder:
 
 def _load_openvino(loaded: LoadedModel, root: Path) -> FastEncoder:
     import openvino as ov
-    from filelock import FileLock
 
     model, size = loaded.model, int(loaded.model.image_size)
     precision = "bf16" if loaded.dtype == "bfloat16" else "f32"
@@ -209,7 +218,7 @@ def _load_openvino(loaded: LoadedModel, root: Path) -> FastEncoder:
         expected = [t.numpy().copy() for t in sam2_internals.backbone_tensors(model.forward_image(sample))]
         torch_s = time.perf_counter() - start
     enc = FastEncoder("openvino", "", precision=precision, cache_entry=entry, timings={"torch_check": torch_s})
-    with FileLock(str(entry) + ".lock"):
+    with _entry_lock(entry):
         for attempt in (0, 1):
             if not _entry_ok(entry, key):
                 _export(model, sample, entry, key, enc)
@@ -233,6 +242,14 @@ def _load_openvino(loaded: LoadedModel, root: Path) -> FastEncoder:
     logger.info("image encoder: %s; seconds: %s", enc.reason,
                 {k: round(v, 2) for k, v in enc.timings.items()})
     return enc
+
+
+def _entry_lock(entry: Path):
+    """The file lock of a cache entry (beside it: the entry itself may be removed and rewritten under it), taken
+    around its export, compile and check, and around the race; a new lock object each call."""
+    from filelock import FileLock
+
+    return FileLock(str(entry) + ".lock")
 
 
 def _cache_key(loaded: LoadedModel, size: int, precision: str, ov_version: str) -> str:

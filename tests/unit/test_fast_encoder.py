@@ -158,11 +158,18 @@ def test_auto_keeps_openvino_only_where_it_is_faster(small, small_fast, cache, m
     assert kept or enc.reason in caplog.text
 
 
+def _cache_without_races(small_fast, tmp_path):
+    """A cache folder in ``tmp_path`` holding a copy of ``small_fast``'s entry with no race recorded yet."""
+    cache = tmp_path / "cache"
+    shutil.copytree(small_fast.cache_entry, cache / small_fast.cache_entry.name,
+                    ignore=shutil.ignore_patterns(fe.RACE_FILE))
+    return cache
+
+
 def test_the_race_is_run_once_per_kind_of_cpu(small, small_fast, tmp_path, monkeypatch):
     """The first auto start on a CPU races and records the times in the entry; a later start on the same kind of
     CPU takes the same verdict without racing; another kind of CPU (or a lost record) races again."""
-    cache = tmp_path / "cache"
-    shutil.copytree(small_fast.cache_entry, cache / small_fast.cache_entry.name, ignore=shutil.ignore_patterns(fe.RACE_FILE))
+    cache = _cache_without_races(small_fast, tmp_path)
     races = []
 
     def timed(times):
@@ -186,6 +193,36 @@ def test_the_race_is_run_once_per_kind_of_cpu(small, small_fast, tmp_path, monke
     (other.cache_entry / fe.RACE_FILE).write_text("{not json")
     monkeypatch.setattr(fe, "cpu_signature", lambda: "cpu A")
     assert fe.load_fast_encoder(small, "auto", cache).backend == "openvino" and len(races) == 3
+
+
+def test_replicas_starting_together_race_once_and_agree(small, small_fast, tmp_path, monkeypatch):
+    """Two loads of one entry at once (an ImageEncoder and a VideoTracker starting together): the race runs under
+    the entry's lock, once; the other load waits and takes its times, so both decide alike."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from filelock import FileLock, Timeout
+
+    cache = _cache_without_races(small_fast, tmp_path)
+    lock = fe._entry_lock(cache / small_fast.cache_entry.name).lock_file
+    races, held = [], []
+
+    def race(model, forward, size):
+        try:  # another holder of the entry's lock: this (second) lock cannot be taken while the race runs
+            FileLock(lock, timeout=0).acquire()
+        except Timeout:
+            held.append(True)
+        else:
+            held.append(False)
+        races.append(size)
+        return (1.0, 2.0) if len(races) == 1 else (1.0, 0.5)  # a second race would decide otherwise
+
+    monkeypatch.setattr(fe, "cpu_signature", lambda: "cpu C")
+    monkeypatch.setattr(fe, "race", race)
+    with ThreadPoolExecutor(2) as pool:
+        encoders = list(pool.map(lambda _: fe.load_fast_encoder(small, "auto", cache), range(2)))
+    assert races == [int(small.model.image_size)] and held == [True]
+    assert [e.backend for e in encoders] == ["torch", "torch"], [e.reason for e in encoders]
+    assert sorted("(raced at this start)" in e.reason for e in encoders) == [False, True]
 
 
 def test_the_cpu_signature_names_the_cpu_and_threads():
