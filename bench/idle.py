@@ -5,7 +5,9 @@
 The default application (``build_app``, CPU) is started in its own Ray instance, warmed with one request of each
 kind the browser sends (an encode and a click), left to settle, then sampled: CPU seconds of every process of the
 Ray instance (replicas by deployment, Serve's controller and proxy, raylet, GCS, agents) over ``--seconds``,
-divided by the wall time = cores used while idle (target: <= 0.05 cores in all). The Ray instance gets the
+divided by the wall time = cores used while idle (target: <= 0.05 cores in all), and how often its threads wake
+(context switches of every thread a second: each wake takes a core from whatever pass runs beside it). The Ray
+instance gets the
 environment ``sam2-serve serve`` gives the one it starts (``ray_internals.QUIET_IDLE_ENV``: Serve's control loop and
 metrics export less often); ``--stock-intervals`` measures Serve's own intervals instead.
 
@@ -57,17 +59,42 @@ def cpu_seconds(pids) -> dict[int, float]:
     return out
 
 
-def sample(seconds: float) -> tuple[dict[str, float], float]:
-    """({process name: cores}, total cores) over ``seconds`` of wall time."""
+def context_switches(pids) -> dict[int, int]:
+    """pid -> context switches (voluntary and not) of all its threads so far. Per thread: a process's own
+    /proc/PID/status counts only its main thread."""
+    out = {}
+    for pid in pids:
+        try:
+            out[pid] = sum(sum(t.num_ctx_switches()) for t in _threads(pid))
+        except psutil.Error:
+            pass
+    return out
+
+
+def _threads(pid: int):
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            yield psutil.Process(int(tid))  # psutil reads /proc/TID/status, which holds that thread's counts
+        except psutil.Error:
+            continue
+
+
+def sample(seconds: float) -> tuple[dict[str, tuple[float, float]], float, float]:
+    """({process name: (cores, wakes a second)}, total cores, total wakes a second) over ``seconds`` of wall
+    time."""
     names = ray_processes()
-    before, t0 = cpu_seconds(names), time.monotonic()
+    before, switched, t0 = cpu_seconds(names), context_switches(names), time.monotonic()
     time.sleep(seconds)
-    after, wall = cpu_seconds(names), time.monotonic() - t0
-    by_name: dict[str, float] = defaultdict(float)
+    after, switched_after, wall = cpu_seconds(names), context_switches(names), time.monotonic() - t0
+    cores: dict[str, float] = defaultdict(float)
+    wakes: dict[str, float] = defaultdict(float)
     for pid, name in names.items():
         if pid in before and pid in after:
-            by_name[name] += (after[pid] - before[pid]) / wall
-    return dict(by_name), sum(by_name.values())
+            cores[name] += (after[pid] - before[pid]) / wall
+        if pid in switched and pid in switched_after:
+            wakes[name] += (switched_after[pid] - switched[pid]) / wall
+    by_name = {name: (cores.get(name, 0.0), wakes.get(name, 0.0)) for name in set(cores) | set(wakes)}
+    return by_name, sum(cores.values()), sum(wakes.values())
 
 
 def decoder_pid() -> int:
@@ -102,7 +129,7 @@ def main() -> None:
         click = {"image": {"image_id": image_id}, "regions": [{"point": [0.45, 0.55]}]}
         s.post(url, json=click, timeout=60).raise_for_status()
         time.sleep(args.settle)
-        per_process, idle = sample(args.seconds)
+        per_process, idle, wakes = sample(args.seconds)
 
         pid = decoder_pid()
         spins = []
@@ -120,8 +147,10 @@ def main() -> None:
                  "intervals of `sam2-serve serve`: " + " ".join(f"{k}={os.environ[k]}" for k in QUIET_IDLE_ENV))
     print(f"machine: {machine()}; model {args.model}; {args.seconds:.0f} s idle after {args.settle:.0f} s settling; "
           f"{intervals}\n")
-    rows = [(name, f"{cores:.4f}") for name, cores in sorted(per_process.items(), key=lambda kv: -kv[1])]
-    print(table(rows + [("all Ray processes", f"{idle:.4f}")], ("process", "cores while idle")))
+    rows = [(name, f"{cores:.4f}", f"{w:.0f}") for name, (cores, w) in sorted(per_process.items(),
+                                                                               key=lambda kv: -kv[1][0])]
+    print(table(rows + [("all Ray processes", f"{idle:.4f}", f"{wakes:.0f}")],
+                ("process", "cores while idle", "wakes/s (all its threads)")))
     print()
     print(table([(i + 1, f"{c:.3f}", f"{w:.3f}", f"{a:.3f}") for i, (c, w, a) in enumerate(spins)],
                 ("click", "decoder CPU s during the request", "request wall s", "decoder CPU s in the next 1 s")))
