@@ -35,7 +35,8 @@ def ray_processes() -> dict[int, str]:
     """pid -> a name for every process of the local Ray instance (and its workers), not this driver."""
     names = {}
     for proc in psutil.process_iter(["pid", "cmdline", "name"]):
-        cmd = " ".join(proc.info.get("cmdline") or [])
+        # the program and its first arguments only: another command that names Ray's (a grep) is not Ray's
+        cmd = " ".join((proc.info.get("cmdline") or [])[:3])
         if proc.info["pid"] == psutil.Process().pid:
             continue
         if "ServeReplica:" in cmd:
