@@ -85,8 +85,7 @@ def prepare_frame(image: Any, frame_format: str = "png",
         rgb = np.asarray(image)
         if rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3:
             pixels, size = shrink_to_input(rgb, input_size)  # the service's own rule and resize
-            if size is not None:
-                return encode_frame(pixels, frame_format), size
+            return encode_frame(pixels, frame_format), size  # pixels: rgb itself when not resized
     return encode_frame(image, frame_format), None
 
 

@@ -106,6 +106,8 @@ def test_the_client_resizes_only_rgb_frames_larger_than_the_input():
     frame = rng.integers(0, 256, (54, 96, 3), dtype=np.uint8)
     assert prepare_frame(frame, "png", 72) == (encode_frame(frame), None)  # 72 x 72 > 96 x 54
     assert prepare_frame(frame, "png", None) == (encode_frame(frame), None)  # resize=False
+    for fmt in ("png", "jpeg"):  # an RGB PIL image no larger than the input: as encode_frame sends it
+        assert prepare_frame(Image.fromarray(frame), fmt, 72) == (encode_frame(Image.fromarray(frame), fmt), None)
     grey = Image.fromarray(frame).convert("L")  # the service converts other modes first: sent as they are
     assert prepare_frame(grey, "png", 32) == (encode_frame(grey), None)
     data, size = prepare_frame(Image.fromarray(frame), "jpeg", 32)
