@@ -73,7 +73,11 @@ def context_switches(pids) -> dict[int, int]:
 
 
 def _threads(pid: int):
-    for tid in os.listdir(f"/proc/{pid}/task"):
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:  # the process has exited
+        return
+    for tid in tids:
         try:
             yield psutil.Process(int(tid))  # psutil reads /proc/TID/status, which holds that thread's counts
         except psutil.Error:
