@@ -75,8 +75,8 @@ def context_switches(pids) -> dict[int, int]:
 def _threads(pid: int):
     try:
         tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:  # the process has exited
-        return
+    except OSError:  # the process has exited: left out, like a psutil.Error for it
+        raise psutil.NoSuchProcess(pid) from None
     for tid in tids:
         try:
             yield psutil.Process(int(tid))  # psutil reads /proc/TID/status, which holds that thread's counts
