@@ -17,12 +17,14 @@ ones reached through ``sam2_serve.models.sam2_internals``) run in an order that 
 
 Every filter upstream applies is per mask, so filtering earlier and upsampling fewer masks changes nothing in the
 output. Batches hold upstream's prompts; within one, the mask decoder runs ``decoder_points`` prompts at a time
-(each prompt is decoded independently; this bounds the decoder's memory, which repeats the image features per
-prompt, and matched upstream's 64-prompt pass bit for bit here). Two savings come from how the mask decoder is run
-(``sam2_serve.models.mask_decoder``): a prompt none of whose four predicted IoUs clears ``pred_iou_thresh`` stops after the
-decoder's transformer (its mask would be filtered out; the upscaling that makes it is a third of a pass), and on
-CPU the transformer reads channels-last inputs (17 % faster a batch; logits within 1e-6 of sam2's, so a pixel
-whose logit sits on the threshold may flip: masks match upstream's to IoU > 0.9999, not byte for byte).
+(each prompt is decoded independently; this bounds the decoder's memory, whose image features become per-prompt
+after the transformer's first attention, and matched upstream's 64-prompt pass bit for bit here). Three savings
+come from how the mask decoder is run (``sam2_serve.models.mask_decoder``): a prompt none of whose four predicted
+IoUs clears ``pred_iou_thresh`` stops after the decoder's transformer (its mask would be filtered out; the upscaling
+that makes it is a third of a pass); the image's part of a batch (its repeats, sums and first projections) is
+computed once, not per prompt (bit-identical); and on CPU the transformer reads channels-last inputs (17 % faster a
+batch; logits within 1e-6 of sam2's, so a pixel whose logit sits on the threshold may flip: masks match upstream's
+to IoU > 0.9999, not byte for byte).
 
 Coordinates: points are (x, y) pixels; boxes are (x0, y0, x1, y1) pixels, inclusive (``batched_mask_to_box``),
 crop boxes are (x0, y0, x1, y1) with exclusive ends (``generate_crop_boxes``).
@@ -120,8 +122,9 @@ def decode_batch(model: "ImageModel", emb: "ImageEmbedding", points: np.ndarray,
         orig_hw: (height, width) of the original image.
         upsample_bytes: memory budget for full-resolution logits held at once (sets how many masks are
             upsampled together); does not change the result.
-        decoder_points: prompts per mask-decoder pass. The decoder repeats the image features for every prompt
-            (~4 MB each per activation), so upstream's 64-prompt pass peaks near 2 GB; smaller passes bound that.
+        decoder_points: prompts per mask-decoder pass. The decoder's image features are per prompt after the
+            transformer's first attention (~4 MB each per activation), so upstream's 64-prompt pass peaks near
+            2 GB; smaller passes bound that.
             Each prompt is decoded independently (outputs matched upstream's bit for bit in our tests).
     """
     steps = decode_batch_steps(model, emb, points, crop_box, orig_hw, params, upsample_bytes, decoder_points)

@@ -18,19 +18,23 @@ original with the same values. It adds three things around it:
    ``transformer_pass`` runs a sam2 decode up to the end of the transformer and returns its outputs with the four
    IoU predictions per prompt (sam2's own ``iou_prediction_head``), and ``resume`` runs the same sam2 decode again
    for the prompts worth finishing, its transformer answered from those outputs instead of run again.
-3. **One image, one projection.** Decoding a batch of prompts on one image, ``predict_masks`` repeats the image for
-   every prompt (``repeat_interleave``), and the transformer's first block projects each copy alike: the image-side
-   key and value of its token-to-image attention and the query of its image-to-token attention read nothing of the
-   prompts (``sam2_internals.first_block_image_projections``). When the B rows of the image are equal (checked every
-   call: a mask prompt, or different images, make them differ), the wrapper hands the transformer one copy broadcast
-   over the batch and those three projections run on one row instead of B (``RowSharedLinear``); everything after
-   them runs per prompt as before. Bit-identical outputs here. An automatic-mask batch of 64 grid points (base-plus,
-   truck.jpg, four passes of 16; every prompt stopped after the transformer, as random weights make them): 3.65 ->
-   2.99 s, the median of 9 alternating pairs (their ratio 0.80; best 3.08 -> 2.40 s). CPU only, like the rest of
-   the wrapper (untested on CUDA).
+3. **One image, computed once.** Decoding a batch of prompts on one image, ``predict_masks`` repeats the image and
+   its positional encoding for every prompt (``repeat_interleave``) and adds the dense prompt embedding, the same for
+   every prompt when no mask is given; the transformer's first block then adds and projects every copy alike. A
+   batched decode runs under ``SharedRows`` (a torch function mode, entered by hooks around the decoder's forward
+   when an input has more than one row): a repeat of a batch-1 tensor becomes a broadcast view (stride 0 over the
+   batch), and an add or a linear projection whose inputs are all such views computes one row and broadcasts it.
+   The first block's image-side adds and projections run once; everything that reads the prompts runs per prompt
+   as before. Rows count as shared by their storage, never by comparing values: a mask prompt or different images
+   simply run per row. Outputs bit-identical to the image handed over as B real copies. An automatic-mask step of
+   16 grid points stopped after the transformer (truck.jpg; the decoder is the same size in every model): 0.350 ->
+   0.290 s against the previous wrapper (4 alternating process pairs, 8 passes each), which projected one row but
+   still made the B copies, their sums and an equality check of the rows; a full decode of 16 prompts 0.533 ->
+   0.478 s. A click (batch 1) skips the mode.
 
-What this relies on of sam2's ``MaskDecoder`` (where the transformer sits, how ``predict_masks`` calls it, which
-output token the IoU head reads, which projections read the image only) is in ``sam2_serve.models.sam2_internals``.
+What this relies on of sam2's ``MaskDecoder`` (where the transformer sits, how ``predict_masks`` calls it and
+repeats the image, which output token the IoU head reads, how sam2 calls the decoder) is in
+``sam2_serve.models.sam2_internals``.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from sam2_serve.models import sam2_internals
 
@@ -70,16 +76,57 @@ class TransformerOutputs:
     ious: torch.Tensor
 
 
-class RowSharedLinear(torch.nn.Linear):
-    """A ``Linear`` that, while ``DecoderTransformer`` says the batch's rows are equal, projects the first row only
-    and broadcasts it (an expanded view: B x N x out). ``DecoderTransformer`` turns sam2's own ``Linear`` modules
-    into this class in place (same parameters, same state-dict keys)."""
+def _one_image(t: Any) -> bool:
+    """Whether ``t`` is a batch (B > 1 along dim 0) whose rows are one tensor broadcast (stride 0 over the batch)."""
+    return isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[0] > 1 and t.stride(0) == 0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if getattr(_tap, "rows_shared", False) and x.shape[0] > 1:
-            one = super().forward(x[:1])
-            return one.expand(x.shape[0], *one.shape[1:])
-        return super().forward(x)
+
+_ADDS = (torch.Tensor.__add__, torch.Tensor.add, torch.add)
+
+
+class SharedRows(TorchFunctionMode):
+    """Runs a batch whose rows are one tensor broadcast as one row (the module docstring, 3.). Three rules, each
+    giving the values the plain call gives (only their storage differs: a view, stride 0 over the batch):
+
+    - ``torch.repeat_interleave(x, B, dim=0)`` of a batch-1 ``x``, as ``predict_masks`` repeats the image and its
+      encoding (``sam2_internals.repeats_image``): ``x.expand(B, ...)`` instead of B copies;
+    - ``a + b`` with both operands such broadcast batches: ``a[:1] + b[:1]``, broadcast;
+    - ``F.linear(x, ...)`` of such a batch: the projection of ``x[:1]``, broadcast.
+
+    Any other call runs as it is, and its output (a new tensor) is an ordinary batch again. Stateless: one instance
+    serves every thread (torch keeps the mode stack per thread)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.repeat_interleave and sam2_internals.repeats_image(args, kwargs):
+            x, repeats = args[0], args[1]
+            return x.expand(repeats, *x.shape[1:])
+        if func in _ADDS and len(args) == 2 and not kwargs:
+            a, b = args
+            if _one_image(a) and _one_image(b) and a.dim() == b.dim() and a.shape[0] == b.shape[0]:
+                one = func(a[:1], b[:1])
+                return one.expand(a.shape[0], *one.shape[1:])
+        elif func is F.linear and _one_image(args[0]):
+            one = func(args[0][:1], *args[1:], **kwargs)
+            return one.expand(args[0].shape[0], *one.shape[1:])
+        return func(*args, **kwargs)
+
+
+_SHARED_ROWS = SharedRows()
+
+
+def _enter_shared_rows(module, args, kwargs):
+    # A click (every input of batch 1) has nothing to share: it skips the mode and the Python dispatch of every
+    # torch call the mode would add.
+    batched = any(isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] > 1 for t in (*args, *kwargs.values()))
+    _tap.__dict__.setdefault("shared_rows", []).append(batched)
+    if batched:
+        _SHARED_ROWS.__enter__()
+
+
+def _exit_shared_rows(module, args, output):
+    if _tap.shared_rows.pop():
+        _SHARED_ROWS.__exit__(None, None, None)
 
 
 class DecoderTransformer(torch.nn.Module):
@@ -89,10 +136,6 @@ class DecoderTransformer(torch.nn.Module):
         super().__init__()
         self.transformer = transformer
         self._pe: tuple[torch.Tensor, torch.Tensor] | None = None  # last positional encoding: as given, channels-last
-        for projection in sam2_internals.first_block_image_projections(transformer):
-            if type(projection) is not torch.nn.Linear:
-                raise TypeError(f"expected sam2's first-block projections to be Linear, not {type(projection)}")
-            projection.__class__ = RowSharedLinear
 
     def forward(self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor):
         """``image_embedding``, ``image_pe``: B x C x H x W; ``point_embedding``: B x T x C (see sam2's module)."""
@@ -101,23 +144,17 @@ class DecoderTransformer(torch.nn.Module):
             if not torch.allclose(point_embedding, saved.prompts[keep], atol=1e-5):
                 raise RuntimeError("resume() was given other prompts than the transformer_pass it resumes")
             return saved.tokens[keep], saved.image[keep]
-        shared = False
         if image_embedding.device.type == "cpu":
             b = image_embedding.shape[0]
             # image_pe is one encoding repeated over the batch: read one copy and broadcast it, instead of
-            # materialising B of them. The image too, when its rows are the same image (the module docstring, 3.).
+            # materialising B of them. The image too, when its rows are one image broadcast (the module docstring, 3.).
             image_pe = self._channels_last_pe(sam2_internals.single_dense_pe(image_pe)).expand(b, -1, -1, -1)
-            shared = b > 1 and torch.equal(image_embedding[1:], image_embedding[:1].expand(b - 1, -1, -1, -1))
-            if shared:
+            if _one_image(image_embedding):
                 image_embedding = image_embedding[:1].contiguous(memory_format=torch.channels_last)
                 image_embedding = image_embedding.expand(b, -1, -1, -1)
             else:
                 image_embedding = image_embedding.contiguous(memory_format=torch.channels_last)
-        _tap.rows_shared = shared
-        try:
-            tokens, image = self.transformer(image_embedding, image_pe, point_embedding)
-        finally:
-            _tap.rows_shared = False
+        tokens, image = self.transformer(image_embedding, image_pe, point_embedding)
         if mode == "stop":
             _tap.stopped = (tokens, image, point_embedding)
             raise _Stop
@@ -135,10 +172,13 @@ class DecoderTransformer(torch.nn.Module):
 
 
 def wrap_mask_decoder(model: torch.nn.Module) -> torch.nn.Module:
-    """Wrap the mask decoder's transformer (once) in ``DecoderTransformer``; after weights are loaded."""
+    """Wrap the mask decoder's transformer (once) in ``DecoderTransformer`` and run the decoder under
+    ``SharedRows`` (hooks around its forward; the exit hook runs also when the forward raises); after weights are
+    loaded."""
     transformer = sam2_internals.mask_decoder_transformer(model)
     if not isinstance(transformer, DecoderTransformer):
         sam2_internals.replace_mask_decoder_transformer(model, DecoderTransformer(transformer))
+        sam2_internals.run_mask_decoder_under(model, _enter_shared_rows, _exit_shared_rows)
     return model
 
 

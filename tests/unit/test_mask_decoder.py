@@ -96,27 +96,61 @@ def test_each_positional_encoding_is_used_as_given(plain_and_ours):
         np.testing.assert_allclose(got_image.numpy(), ref_image.numpy(), atol=1e-4)
 
 
-def test_a_batch_on_one_image_projects_the_image_once(plain_and_ours):
-    """Prompts on one image: the first block's image-side projections run on one row, broadcast (stride 0 over the
-    batch); different images in one batch: on every row. Both give sam2's outputs (the tests above)."""
+def test_a_batch_on_one_image_runs_the_image_once(plain_and_ours):
+    """Prompts on one image: the decoder runs under SharedRows, the image reaches the transformer as one row
+    broadcast (stride 0 over the batch) and the first block's image-side projections run once; the outputs are those
+    of the same image handed over as B real copies (every row computed). Different images: every row."""
     plain, ours = plain_and_ours
     transformer = sam2_internals.mask_decoder_transformer(ours)
-    projections = sam2_internals.first_block_image_projections(transformer.transformer)
-    assert all(type(p) is mask_decoder.RowSharedLinear for p in projections)
+    block = transformer.transformer.layers[0]
+    projections = [block.cross_attn_token_to_image.k_proj, block.cross_attn_token_to_image.v_proj,
+                   block.cross_attn_image_to_token.q_proj]
     strides: list[int] = []
     hooks = [p.register_forward_hook(lambda mod, args, out: strides.append(out.stride(0))) for p in projections]
-    g = torch.Generator().manual_seed(4)
-    images, pe, tokens = torch.randn(2, 256, 64, 64, generator=g), torch.randn(1, 256, 64, 64, generator=g), \
-        torch.randn(2, 8, 256, generator=g)
+    image, high_res, points, labels = _inputs(4)
     try:
-        _decode(ours, *_inputs(4))
+        shared = _decode(ours, image, high_res, points, labels)
         assert strides == [0, 0, 0]
+        with torch.inference_mode():  # the same decode, the image repeated by hand: nothing to share
+            sparse, dense = ours.sam_prompt_encoder(points=(points, labels), boxes=None, masks=None)
+            copies = ours.sam_mask_decoder(
+                image_embeddings=image.repeat(4, 1, 1, 1), image_pe=ours.sam_prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True,
+                repeat_image=False, high_res_features=high_res)
+        assert len(strides) == 6 and all(s > 0 for s in strides[3:])
+        g = torch.Generator().manual_seed(4)
+        images, pe, tokens = torch.randn(2, 256, 64, 64, generator=g), torch.randn(1, 256, 64, 64, generator=g), \
+            torch.randn(2, 8, 256, generator=g)
         with torch.inference_mode():
             got = transformer(images, pe.expand(2, -1, -1, -1), tokens)
             ref = sam2_internals.mask_decoder_transformer(plain)(images, pe.expand(2, -1, -1, -1), tokens)
-        assert len(strides) == 6 and all(s > 0 for s in strides[3:])
+        assert len(strides) == 9 and all(s > 0 for s in strides[6:])
     finally:
         for h in hooks:
             h.remove()
+    assert shared[0].abs().max() > 1 and (shared[0] > 0).any() and not (shared[0] > 0).all()
+    for a, b in zip(shared, copies):
+        assert torch.equal(a, b)
     for a, b in zip(got, ref):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-4)
+
+
+def test_shared_rows_is_left_when_the_decoder_raises_and_skipped_for_a_click(plain_and_ours):
+    """transformer_pass stops the decoder with an exception: the mode entered around the decoder is left all the
+    same, and ops after it run as usual. A single prompt (nothing to share) runs without the mode."""
+    _, ours = plain_and_ours
+    image, high_res, points, labels = _inputs(3, seed=5)
+    before = torch._C._len_torch_function_stack()
+    modes: list[int] = []
+    hook = sam2_internals.mask_decoder_transformer(ours).register_forward_pre_hook(
+        lambda m, a: modes.append(torch._C._len_torch_function_stack() - before))
+    try:
+        with torch.inference_mode():
+            mask_decoder.transformer_pass(ours, lambda: _decode(ours, image, high_res, points, labels, False))
+            _decode(ours, image, high_res, points[:1], labels[:1])
+    finally:
+        hook.remove()
+    assert modes == [1, 0]
+    assert torch._C._len_torch_function_stack() == before and not mask_decoder._tap.shared_rows
+    x = torch.zeros(1, 4).expand(3, 4)
+    assert (x + x).stride(0) != 0  # an ordinary add, not SharedRows'

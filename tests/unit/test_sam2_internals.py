@@ -256,39 +256,67 @@ def test_how_the_mask_decoder_calls_its_transformer(image_model):
     torch.testing.assert_close(ours, iou_pred, msg=why("iou_predictions", "not predict_masks' IoUs (token order?)"))
 
 
-def test_first_block_image_projections_read_the_image_only(image_model):
-    """A decode of 3 prompts on one image: each of the three projections gets B equal rows, the image (plus its
-    encoding) projected, whatever the prompts."""
-    transformer = si.mask_decoder_transformer(image_model)
-    projections = si.first_block_image_projections(transformer)
-    block = transformer.layers[0]
-    assert [type(p) for p in projections] == [torch.nn.Linear] * 3 and projections == [
-        block.cross_attn_token_to_image.k_proj, block.cross_attn_token_to_image.v_proj,
-        block.cross_attn_image_to_token.q_proj], why("first_block_image_projections", "not the first block's")
+def test_repeats_image_names_predict_masks_repeats_of_the_image_and_its_encoding(image_model):
+    """A decode of 3 prompts on one image (``repeat_image=True``) and of 3 images (``False``): every
+    ``repeat_interleave`` call ``predict_masks`` makes, recorded by a torch function mode; ``repeats_image`` names the
+    image's and the encoding's (batch 1, 3 rows: their result is 3 equal rows) and nothing else."""
+    from torch.overrides import TorchFunctionMode
+
+    calls: list[tuple] = []
+
+    class Record(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func is torch.repeat_interleave:
+                calls.append((args, kwargs or {}, out))
+            return out
+
+    decoder = image_model.sam_mask_decoder
     g = torch.Generator().manual_seed(3)
     image = torch.randn(1, 256, 64, 64, generator=g)
     high_res = [torch.randn(1, 32, 256, 256, generator=g), torch.randn(1, 64, 128, 128, generator=g)]
-    seen: list[torch.Tensor] = []
-    hooks = [p.register_forward_hook(lambda mod, args, out: seen.append(args[0].clone())) for p in projections]
-    try:
-        with torch.inference_mode():
-            for seed in (4, 5):  # two batches of different prompts
-                points = (torch.rand(3, 2, 2, generator=torch.Generator().manual_seed(seed)) * 1024,
-                          torch.tensor([[1, 0]] * 3))
-                sparse, dense = image_model.sam_prompt_encoder(points=points, boxes=None, masks=None)
-                image_model.sam_mask_decoder.predict_masks(
-                    image_embeddings=image, image_pe=image_model.sam_prompt_encoder.get_dense_pe(),
-                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, repeat_image=True,
-                    high_res_features=high_res)
-    finally:
-        for h in hooks:
-            h.remove()
-    assert len(seen) == 6, why("first_block_image_projections", f"{len(seen)} calls for two decodes, not 6")
-    for x in seen:
-        assert x.shape == (3, 64 * 64, 256) and torch.equal(x, x[:1].expand_as(x)), why(
-            "first_block_image_projections", "an input whose rows differ for prompts on one image")
-    for first, second in zip(seen[:3], seen[3:]):
-        assert torch.equal(first, second), why("first_block_image_projections", "an input that reads the prompts")
+    points = (torch.rand(3, 2, 2, generator=g) * 1024, torch.tensor([[1, 0]] * 3))
+    with torch.inference_mode():
+        sparse, dense = image_model.sam_prompt_encoder(points=points, boxes=None, masks=None)
+        pe = image_model.sam_prompt_encoder.get_dense_pe()
+        for repeat, images in ((True, image), (False, image.repeat(3, 1, 1, 1))):
+            calls.clear()
+            with Record():
+                decoder.predict_masks(image_embeddings=images, image_pe=pe, sparse_prompt_embeddings=sparse,
+                                      dense_prompt_embeddings=dense, repeat_image=repeat, high_res_features=high_res)
+            named = [c for c in calls if si.repeats_image(c[0], c[1])]
+            repeated = [c[0][0] for c in named]
+            expected = [image, pe] if repeat else [pe]
+            assert len(named) == len(expected) and all(r is e for r, e in zip(repeated, expected)), why(
+                "repeats_image", f"repeat_image={repeat}: {len(named)} named repeats of {len(calls)} calls, not "
+                f"{'the image and ' if repeat else ''}its encoding")
+            for args, _, out in named:
+                assert out.shape[0] == 3 and torch.equal(out, args[0].expand_as(out)), why(
+                    "repeats_image", "a named call whose rows are not one tensor repeated")
+    assert not si.repeats_image((image, 3), {"dim": 1}) and not si.repeats_image((image.repeat(2, 1, 1, 1), 3), {})
+    assert not si.repeats_image((image, torch.tensor([3])), {"dim": 0})
+
+
+def test_run_mask_decoder_under_sees_every_decode_even_one_that_raises(tiny_checkpoint):
+    """``enter``/``leave`` around a click's decode through the image predictor (sam2 calls the decoder as a module),
+    and ``leave`` also when the decode raises."""
+    model = load_model("sam2.1-hiera-tiny", tiny_checkpoint, device="cpu", sam2_exact=True).model
+    seen: list[str] = []
+    tensors = lambda a, kw: any(isinstance(t, torch.Tensor) for t in (*a, *kw.values()))  # noqa: E731
+    si.run_mask_decoder_under(model, lambda m, a, kw: seen.append("enter") if tensors(a, kw) else None,
+                              lambda m, a, o: seen.append("leave"))
+    predictor = SAM2ImagePredictor(model)
+    predictor.set_image(np.zeros((64, 96, 3), np.uint8))
+    predictor.predict(point_coords=np.array([[10.0, 20.0]]), point_labels=np.array([1]))
+    assert seen == ["enter", "leave"], why("run_mask_decoder_under", f"hooks saw {seen} for one click")
+
+    def fail(*args):
+        raise RuntimeError("stop")
+
+    model.sam_mask_decoder.transformer.register_forward_pre_hook(fail)
+    with pytest.raises(RuntimeError, match="stop"):
+        predictor.predict(point_coords=np.array([[10.0, 20.0]]), point_labels=np.array([1]))
+    assert seen == ["enter", "leave"] * 2, why("run_mask_decoder_under", "leave() did not run when the decode raised")
 
 
 # ---- warnings, imports, checkpoints ------------------------------------------------------------------------------------

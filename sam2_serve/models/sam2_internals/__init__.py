@@ -28,7 +28,7 @@ __all__ = TOUCHES = (
     "backbone_tensors", "backbone_out", "with_forward_image",
     # MaskDecoder
     "mask_decoder_transformer", "replace_mask_decoder_transformer", "single_dense_pe", "iou_predictions",
-    "first_block_image_projections",
+    "repeats_image", "run_mask_decoder_under",
     # SAM2VideoPredictor: inference_state and its per-frame outputs
     "new_inference_state", "state_frames", "video_size", "num_frames", "object_ids", "frame_features",
     "set_frame_features", "consolidate_prompts", "track_object", "track_object_then_memory", "video_res_masks",
@@ -47,7 +47,7 @@ __all__ = TOUCHES = (
 from sam2_serve.models.sam2_internals.image import (  # noqa: E402  (re-exported: callers use the package)
     image_predictor_view, image_features, set_image_features, prep_prompts, predict_tensors,
     use_low_res_masks, backbone_tensors, backbone_out, with_forward_image, mask_decoder_transformer,
-    replace_mask_decoder_transformer, single_dense_pe, iou_predictions, first_block_image_projections,
+    replace_mask_decoder_transformer, single_dense_pe, iou_predictions, repeats_image, run_mask_decoder_under,
 )
 from sam2_serve.models.sam2_internals.video import (  # noqa: E402  (re-exported: callers use the package)
     FRAME_OUTPUT_KEYS, new_inference_state, state_frames, video_size, num_frames, object_ids, frame_features,

@@ -150,15 +150,26 @@ def single_dense_pe(image_pe: torch.Tensor) -> torch.Tensor:
     return image_pe[:1]
 
 
-def first_block_image_projections(transformer: torch.nn.Module) -> list[torch.nn.Linear]:
-    """The projections of ``TwoWayTransformer``'s first block (``layers[0]``) that read the image side only:
-    ``cross_attn_token_to_image.k_proj`` (of ``keys + key_pe``) and ``.v_proj`` (of ``keys``), and
-    ``cross_attn_image_to_token.q_proj`` (of ``keys + key_pe``). ``keys`` entering the first block is the
-    transformer's ``image_embedding`` and ``key_pe`` its ``image_pe``, flattened to B x HW x C
-    (``TwoWayTransformer.forward``): where the B rows of both are equal, so are these projections' B rows."""
-    block = transformer.layers[0]
-    return [block.cross_attn_token_to_image.k_proj, block.cross_attn_token_to_image.v_proj,
-            block.cross_attn_image_to_token.q_proj]
+def repeats_image(args: tuple, kwargs: dict) -> bool:
+    """Whether a ``torch.repeat_interleave(*args, **kwargs)`` call is one of ``MaskDecoder.predict_masks``'s
+    repetitions of the image or its positional encoding per prompt: ``repeat_interleave(x, B, dim=0)`` of a batch-1
+    ``x`` by an int ``B`` > 1 (``repeat_image=True``: prompts on one image; ``image_pe`` always). Its result is B
+    equal rows, which ``sam2_serve.models.mask_decoder.SharedRows`` hands on as a broadcast view."""
+    if len(args) < 2 or not isinstance(args[0], torch.Tensor) or type(args[1]) is not int:
+        return False
+    dim = kwargs.get("dim", args[2] if len(args) > 2 else None)
+    extra = set(kwargs) - {"dim", "output_size"}
+    return dim == 0 and not extra and args[0].dim() >= 1 and args[0].shape[0] == 1 and args[1] > 1
+
+
+def run_mask_decoder_under(model, enter, leave) -> None:
+    """Call ``enter(decoder, args, kwargs)`` before and ``leave(decoder, args, output)`` after every forward of
+    ``model.sam_mask_decoder`` (forward hooks; ``leave`` runs also when the forward raises, with ``output`` None).
+    sam2 calls the decoder as a module (``SAM2ImagePredictor._predict``, ``SAM2Base._forward_sam_heads``), so hooks
+    see every decode. ``enter``/``leave`` are kept by the module: module-level functions keep it deep-copyable and
+    picklable."""
+    model.sam_mask_decoder.register_forward_pre_hook(enter, with_kwargs=True)
+    model.sam_mask_decoder.register_forward_hook(leave, always_call=True)
 
 
 def iou_predictions(model, tokens: torch.Tensor) -> torch.Tensor:
