@@ -30,7 +30,7 @@ original with the same values. It adds three things around it:
    16 grid points stopped after the transformer (truck.jpg; the decoder is the same size in every model): 0.350 ->
    0.290 s against the previous wrapper (4 alternating process pairs, 8 passes each), which projected one row but
    still made the B copies, their sums and an equality check of the rows; a full decode of 16 prompts 0.533 ->
-   0.478 s. A click (batch 1) skips the mode.
+   0.478 s. A click (batch 1) skips the mode; so does a decode on CUDA (untested there, like 1.).
 
 What this relies on of sam2's ``MaskDecoder`` (where the transformer sits, how ``predict_masks`` calls it and
 repeats the image, which output token the IoU head reads, how sam2 calls the decoder) is in
@@ -117,10 +117,12 @@ _SHARED_ROWS = SharedRows()
 
 def _enter_shared_rows(module, args, kwargs):
     # A click (every input of batch 1) has nothing to share: it skips the mode and the Python dispatch of every
-    # torch call the mode would add.
-    batched = any(isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] > 1 for t in (*args, *kwargs.values()))
-    _tap.__dict__.setdefault("shared_rows", []).append(batched)
-    if batched:
+    # torch call the mode would add. CPU only, like the rest of the wrapper: broadcast keys and values have not been
+    # through CUDA's attention kernels (no GPU to test on).
+    tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
+    use = any(t.dim() > 0 and t.shape[0] > 1 for t in tensors) and all(t.device.type == "cpu" for t in tensors)
+    _tap.__dict__.setdefault("shared_rows", []).append(use)
+    if use:
         _SHARED_ROWS.__enter__()
 
 

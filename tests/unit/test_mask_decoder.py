@@ -137,7 +137,8 @@ def test_a_batch_on_one_image_runs_the_image_once(plain_and_ours):
 
 def test_shared_rows_is_left_when_the_decoder_raises_and_skipped_for_a_click(plain_and_ours):
     """transformer_pass stops the decoder with an exception: the mode entered around the decoder is left all the
-    same, and ops after it run as usual. A single prompt (nothing to share) runs without the mode."""
+    same, and ops after it run as usual. A single prompt (nothing to share) runs without the mode, and so does a
+    batch off the CPU."""
     _, ours = plain_and_ours
     image, high_res, points, labels = _inputs(3, seed=5)
     before = torch._C._len_torch_function_stack()
@@ -152,5 +153,10 @@ def test_shared_rows_is_left_when_the_decoder_raises_and_skipped_for_a_click(pla
         hook.remove()
     assert modes == [1, 0]
     assert torch._C._len_torch_function_stack() == before and not mask_decoder._tap.shared_rows
+    # Off the CPU (here the meta device stands for CUDA) a batch runs without the mode too.
+    mask_decoder._enter_shared_rows(None, (torch.zeros(4, 8, device="meta"),), {})
+    assert torch._C._len_torch_function_stack() == before
+    mask_decoder._exit_shared_rows(None, (), None)
+    assert not mask_decoder._tap.shared_rows
     x = torch.zeros(1, 4).expand(3, 4)
     assert (x + x).stride(0) != 0  # an ordinary add, not SharedRows'
