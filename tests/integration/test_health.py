@@ -110,13 +110,17 @@ def test_a_stuck_encoder_is_replaced_while_the_other_keeps_answering(wedge_app, 
     print(f"\nreplaced {replaced} by {added} in {took:.0f} s after {len(wedges)} wedged encode(s) (answered "
           f"{[r.status_code for r in results]}); {len(answers)} other requests, statuses {sorted(set(answers))}; "
           f"seen while replacing: {[(str(st), states) for st, _, states in seen][:2]}")
-    assert len(replaced) == len(added) == 1, (before, now)  # the stuck one only; the other kept serving
-    assert set(answers) == {200}, answers
+    # Stuck replicas only were replaced, each by a new one. Usually that is one; a second wedge sent after the
+    # first ended, before Serve acted on the first's failed checks, may land on the other replica and be replaced
+    # too (seen once in CI): what matters is that no replica was replaced without being stuck.
+    assert replaced and len(replaced) == len(added) and len(now) == 2, (before, now)
+    assert len(replaced) <= len(wedges), (replaced, len(wedges))
+    assert set(answers) == {200}, answers  # the deployment kept answering throughout
     assert seen and any("health check" in message for _, message, _ in seen), seen
     # Each encode finished (during the graceful stop, for the last one) or was cut off with a retryable 503.
     assert all(r.status_code in (200, 503) for r in results), [r.text for r in results]
-    # The replaced replica said why, in its (JSON) log.
-    (gone,) = replaced
-    reasons = [x["message"] for x in _replica_log(gone) if "health check failed" in x["message"]]
-    assert reasons and f"more than stuck_after_s={STUCK_AFTER_S:g} s" in reasons[0], reasons
+    # Each replaced replica said why, in its (JSON) log: it was stuck.
+    for gone in replaced:
+        reasons = [x["message"] for x in _replica_log(gone) if "health check failed" in x["message"]]
+        assert reasons and f"more than stuck_after_s={STUCK_AFTER_S:g} s" in reasons[0], (gone, reasons)
     assert http.get(f"{wedge_app}/v1/models", timeout=60).status_code == 200
